@@ -1,0 +1,3 @@
+"""jdd: dataset distillation in JAX."""
+
+__version__ = "0.1.0"

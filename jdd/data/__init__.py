@@ -1,0 +1,56 @@
+"""Datasets: the Dataset pytree, loaders, splits and preprocessing."""
+
+from __future__ import annotations
+
+import os
+
+from jdd.data.dataset import (DataError, Dataset, check_arrays, check_ipc, per_class_indices,
+                              sample_per_class, stratified_split)
+from jdd.data.digits import load_digits
+
+#: Names accepted by :func:`load_dataset`.
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")
+
+
+def data_dir_or_env(data_dir: str | os.PathLike | None) -> str:
+    """The directory to read from: the argument, else ``$JDD_DATA_DIR``, else a clear error."""
+    if data_dir is None:
+        data_dir = os.environ.get("JDD_DATA_DIR")
+    if not data_dir:
+        raise DataError("no data directory given: pass data_dir=... (CLI: --data-dir) or set "
+                        "JDD_DATA_DIR to the folder that holds the dataset files.")
+    return os.fspath(data_dir)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset]:
+    """Load a dataset by name and return its (train, test) split.
+
+    Args:
+        name: one of :data:`DATASETS`. ``"digits"`` is bundled; the others read the standard files
+            from ``data_dir`` (or ``$JDD_DATA_DIR``); ``"npz"`` takes ``data_dir`` as the path of an
+            .npz file with ``x_train, y_train, x_test, y_test``.
+        data_dir: folder (or .npz path) to read.
+
+    Raises:
+        DataError: unknown name (lists the valid ones), missing or corrupt files.
+    """
+    if name == "digits":
+        return load_digits()
+    if name in ("mnist", "fashion_mnist"):
+        from jdd.data.mnist import load_mnist
+        return load_mnist(data_dir_or_env(data_dir), fashion=(name == "fashion_mnist"))
+    if name == "cifar10":
+        from jdd.data.cifar import load_cifar10
+        return load_cifar10(data_dir_or_env(data_dir))
+    if name == "cifar100":
+        from jdd.data.cifar import load_cifar100
+        return load_cifar100(data_dir_or_env(data_dir))
+    if name == "npz":
+        from jdd.data.npz import load_npz
+        return load_npz(data_dir_or_env(data_dir))
+    raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}.")
+
+
+__all__ = ["DATASETS", "DataError", "Dataset", "check_arrays", "check_ipc", "data_dir_or_env",
+           "load_dataset", "load_digits", "per_class_indices", "sample_per_class",
+           "stratified_split"]
