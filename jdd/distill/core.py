@@ -1,0 +1,316 @@
+"""The Distiller abstraction, the generic bilevel distiller, and the (seed-vmapped) run loop.
+
+Every method in jdd is a :class:`Distiller`: a NamedTuple of three pure functions built by a
+factory, in the style of optax's ``GradientTransformation``:
+
+* ``init(key, data) -> state``: make the learnable synthetic set (and its optimizer state);
+* ``step(state, key, data) -> (state, metrics)``: one outer update;
+* ``synthetic(state) -> Synthetic``: the distilled set as a learner consumes it.
+
+Real data is an explicit argument of ``step`` rather than a constant closed over by the factory:
+that keeps large datasets out of the compiled program and lets ``jax.vmap`` broadcast one copy of
+the data across seeds (``in_axes=(0, 0, None)``). Everything is written for ONE seed; batching over
+seeds is a ``jax.vmap`` at the call site, which :func:`distill` does for you.
+
+:func:`bilevel` is the general task-specific form (Kungurtsev et al. 2024): the user supplies an
+inner learner ``fit(params, key) -> model`` and an outer objective ``outer_loss(model, batch, params,
+key)``; the distiller differentiates the outer objective through the inner fit. Classification DD by
+unrolled training (:func:`jdd.distill.unrolled`) is one instance of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+PRNGKey = jax.Array
+Metrics = dict
+
+
+@struct.dataclass
+class Synthetic:
+    """A distilled set, as a learner consumes it.
+
+    Attributes:
+        x: (m, *feature_shape) float32 synthetic inputs (in the preprocessed space of the data).
+        y: (m, k) float32 targets: class probabilities (soft labels) for cross-entropy learners,
+            regression targets for kernel ridge regression.
+        lr: () float32 learned inner learning rate, or NaN when the method learns none.
+    """
+
+    x: Any
+    y: Any
+    lr: Any = struct.field(default_factory=lambda: jnp.float32(jnp.nan))
+
+
+class Distiller(NamedTuple):
+    """A distillation method: a NamedTuple of pure functions (see the module docstring).
+
+    Attributes:
+        init: ``(key, data) -> state``.
+        step: ``(state, key, data) -> (state, metrics)``; metrics is a dict of scalars.
+        synthetic: ``state -> Synthetic``.
+    """
+
+    init: Callable[[PRNGKey, Any], Any]
+    step: Callable[[Any, PRNGKey, Any], tuple[Any, Metrics]]
+    synthetic: Callable[[Any], Synthetic]
+
+
+class BilevelState(NamedTuple):
+    """State of :func:`bilevel`: learnable params (any pytree), optax state, step counter."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def sample_rows(key: PRNGKey, data: Any, batch_size: int) -> Any:
+    """A random batch of ``batch_size`` rows (without replacement) from every leaf of ``data``.
+
+    Every leaf must share the leading axis. Works under jit and vmap (static ``batch_size``).
+    """
+    leaves = jax.tree.leaves(data)
+    n = leaves[0].shape[0]
+    if batch_size >= n:
+        return data
+    idx = jax.random.choice(key, n, (batch_size,), replace=False)
+    return jax.tree.map(lambda a: a[idx], data)
+
+
+def bilevel(init_params: Callable[[PRNGKey, Any], Any],
+            fit: Callable[[Any, PRNGKey], Any],
+            outer_loss: Callable[[Any, Any, Any, PRNGKey], Any],
+            optimizer: optax.GradientTransformation,
+            *,
+            batch_size: int | None = None,
+            sample_batch: Callable[[PRNGKey, Any], Any] | None = None,
+            to_synthetic: Callable[[Any], Synthetic] | None = None,
+            project: Callable[[Any], Any] | None = None) -> Distiller:
+    """General bilevel (task-specific) dataset distillation.
+
+    Solves ``min_params E_batch[ outer_loss(fit(params), batch) ]`` by gradient descent, where
+    ``fit`` is any differentiable inner learner (closed form, or unrolled training by
+    :func:`jdd.train.fit`) and ``outer_loss`` is the downstream task's loss on real data.
+
+    Args:
+        init_params: ``(key, data) -> params``: the learnable pytree (synthetic inputs, labels,
+            hyperparameters such as a log learning rate).
+        fit: ``(params, key) -> model``: the inner learner, differentiable in ``params``.
+        outer_loss: ``(model, batch, params, key) -> loss`` or ``-> (loss, metrics_dict)``: scalar
+            outer objective on a batch of real data (lower is better).
+        optimizer: optax transformation for the outer update.
+        batch_size: real rows per outer step (with the default sampler); None uses all data.
+        sample_batch: ``(key, data) -> batch``; default samples ``batch_size`` rows of every leaf.
+        to_synthetic: ``params -> Synthetic`` (default: the params themselves).
+        project: ``params -> params`` applied after each update (constraints, clipping).
+
+    Returns:
+        A :class:`Distiller` whose metrics contain ``"loss"`` (the outer loss before the update)
+        and ``"grad_norm"``, plus any metrics ``outer_loss`` returns.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> data = {"x": jnp.linspace(-1, 1, 64)[:, None]}
+        >>> data["y"] = 3.0 * data["x"]
+        >>> d = bilevel(lambda k, _: {"xs": jnp.ones((2, 1)), "ys": jnp.zeros((2, 1))},
+        ...             lambda p, k: jnp.linalg.lstsq(p["xs"], p["ys"])[0],
+        ...             lambda w, b, p, k: jnp.mean((b["x"] @ w - b["y"]) ** 2),
+        ...             optax.adam(0.1), batch_size=16)
+        >>> s = d.init(jax.random.key(0), data)
+        >>> s, m = d.step(s, jax.random.key(1), data)
+    """
+    if sample_batch is None:
+        if batch_size is None:
+            sample_batch = lambda key, data: data  # noqa: E731
+        else:
+            sample_batch = lambda key, data: sample_rows(key, data, batch_size)  # noqa: E731
+    to_synthetic = to_synthetic or (lambda p: p)
+
+    def init(key, data):
+        params = init_params(key, data)
+        return BilevelState(params=params, opt_state=optimizer.init(params),
+                            step=jnp.zeros((), jnp.int32))
+
+    def objective(params, key, batch):
+        k_fit, k_out = jax.random.split(key)
+        model = fit(params, k_fit)
+        out = outer_loss(model, batch, params, k_out)
+        if isinstance(out, tuple):
+            return out[0], dict(out[1])
+        return out, {}
+
+    def step(state, key, data):
+        k_batch, k_obj = jax.random.split(key)
+        batch = sample_batch(k_batch, data)
+        (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, k_obj, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if project is not None:
+            params = project(params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return BilevelState(params, opt_state, state.step + 1), metrics
+
+    def synthetic(state):
+        return to_synthetic(state.params)
+
+    return Distiller(init=init, step=step, synthetic=synthetic)
+
+
+def scan_steps(distiller: Distiller, state: Any, key: PRNGKey, data: Any, n: int):
+    """Run ``n`` (static) steps of ONE seed with ``lax.scan``.
+
+    Step ``i`` uses ``jax.random.fold_in(key, state.step + i)``-style keys so a run split into
+    chunks gives the same bytes as one long run.
+
+    Returns:
+        (state, metrics) with every metric stacked to shape (n,).
+    """
+
+    def body(s, _):
+        k = jax.random.fold_in(key, _step_of(s))
+        return distiller.step(s, k, data)
+
+    return jax.lax.scan(body, state, None, length=n)
+
+
+def _step_of(state) -> jax.Array:
+    step = getattr(state, "step", None)
+    if step is None:
+        raise TypeError("a Distiller state must expose an integer `step` field for the run loop")
+    return step
+
+
+class RunResult(NamedTuple):
+    """Output of :func:`distill`.
+
+    Attributes:
+        state: final state (leading seed axis when several keys were given).
+        synthetic: the distilled :class:`Synthetic` set (leading seed axis likewise).
+        history: dict of metric name -> (num_logged,) or (seeds, num_logged) numpy arrays: each
+            entry is the mean of that metric over one logging chunk.
+        steps_logged: (num_logged,) int step index at the end of each chunk.
+        seconds: wall-clock seconds spent in distillation (compilation included).
+    """
+
+    state: Any
+    synthetic: Synthetic
+    history: dict
+    steps_logged: np.ndarray
+    seconds: float
+
+
+def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
+            log_every: int = 50, progress: bool = True, desc: str = "distill") -> RunResult:
+    """Initialise and run a distiller, for one seed or many seeds in one vmapped computation.
+
+    ``key`` is a single PRNG key (one seed) or a stack of keys with shape (seeds,) (typed keys) or
+    (seeds, 2) (raw uint32 keys): then ``init`` and every chunk of steps are ``jax.vmap``-ed over the
+    seed axis with the real data broadcast, so S seeds cost one compiled computation.
+
+    Steps run in jitted ``lax.scan`` chunks of ``log_every`` steps; between chunks a progress bar
+    (tqdm) shows step, loss and ETA. ``progress=False`` silences it.
+
+    Args:
+        distiller: the method.
+        key: PRNG key or stacked keys (see above).
+        data: real data (a Dataset or any pytree the distiller's step accepts).
+        steps: total number of outer steps.
+        log_every: steps per jitted chunk (and per history entry).
+        progress: show a progress bar.
+        desc: progress bar label.
+
+    Returns:
+        A :class:`RunResult`.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0; got {steps}")
+    batched = _is_key_batch(key)
+    log_every = max(1, min(int(log_every), max(steps, 1)))
+
+    init = distiller.init
+    def chunk_fn(n):
+        f = lambda s, k, d: scan_steps(distiller, s, k, d, n)  # noqa: E731
+        if batched:
+            f = jax.vmap(f, in_axes=(0, 0, None))
+        return jax.jit(f)
+
+    if batched:
+        init = jax.vmap(init, in_axes=(0, None))
+        run_keys = jax.vmap(lambda k: jax.random.split(k)[1])(key)
+        init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(key)
+    else:
+        init_keys, run_keys = jax.random.split(key)
+
+    t0 = time.perf_counter()
+    state = jax.jit(init)(init_keys, data)
+    n_full, rem = divmod(steps, log_every)
+    chunks = [log_every] * n_full + ([rem] if rem else [])
+    compiled = {}
+    history: dict[str, list] = {}
+    logged = []
+    bar = _progress_bar(steps, desc, progress)
+    done = 0
+    try:
+        for n in chunks:
+            if n not in compiled:
+                compiled[n] = chunk_fn(n)
+            state, metrics = compiled[n](state, run_keys, data)
+            metrics = jax.device_get(metrics)
+            done += n
+            logged.append(done)
+            for name, v in metrics.items():
+                history.setdefault(name, []).append(np.mean(np.asarray(v), axis=-1))
+            if bar is not None:
+                loss = np.mean(history["loss"][-1]) if "loss" in history else float("nan")
+                bar.set_postfix(loss=f"{loss:.4g}")
+                bar.update(n)
+            _check_finite(history, done)
+    finally:
+        if bar is not None:
+            bar.close()
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - t0
+    synth_fn = jax.vmap(distiller.synthetic) if batched else distiller.synthetic
+    synthetic = jax.jit(synth_fn)(state)
+    hist = {k: np.stack(v, axis=-1) for k, v in history.items()}
+    return RunResult(state, synthetic, hist, np.asarray(logged, np.int64), seconds)
+
+
+def _check_finite(history: dict, step: int) -> None:
+    loss = history.get("loss")
+    if loss is not None and not np.all(np.isfinite(loss[-1])):
+        raise FloatingPointError(
+            f"the outer loss became NaN/inf by step {step}; lower the outer learning rate, the "
+            "initial inner learning rate, or the number of inner steps.")
+
+
+def _is_key_batch(key) -> bool:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True)
+
+
+def seed_keys(seed: int, seeds: int) -> jax.Array:
+    """(seeds,) typed PRNG keys for ``seeds`` independent runs derived from one integer seed."""
+    return jax.random.split(jax.random.key(seed), seeds)
+
+
+def num_params(tree) -> int:
+    """Number of scalars in a pytree (e.g. the storage of a distilled set)."""
+    return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
