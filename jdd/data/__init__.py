@@ -6,7 +6,11 @@ import os
 
 from jdd.data.dataset import (DataError, Dataset, check_arrays, check_ipc, per_class_indices,
                               sample_per_class, stratified_split)
+from jdd.data.cifar import load_cifar10, load_cifar100
 from jdd.data.digits import load_digits
+from jdd.data.mnist import load_mnist
+from jdd.data.npz import load_npz
+from jdd.data.preprocess import Preprocessor, fit_preprocessor, preprocess
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")
@@ -37,20 +41,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     if name == "digits":
         return load_digits()
     if name in ("mnist", "fashion_mnist"):
-        from jdd.data.mnist import load_mnist
         return load_mnist(data_dir_or_env(data_dir), fashion=(name == "fashion_mnist"))
     if name == "cifar10":
-        from jdd.data.cifar import load_cifar10
         return load_cifar10(data_dir_or_env(data_dir))
     if name == "cifar100":
-        from jdd.data.cifar import load_cifar100
         return load_cifar100(data_dir_or_env(data_dir))
     if name == "npz":
-        from jdd.data.npz import load_npz
         return load_npz(data_dir_or_env(data_dir))
     raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}.")
 
 
-__all__ = ["DATASETS", "DataError", "Dataset", "check_arrays", "check_ipc", "data_dir_or_env",
-           "load_dataset", "load_digits", "per_class_indices", "sample_per_class",
-           "stratified_split"]
+__all__ = ["DATASETS", "DataError", "Dataset", "Preprocessor", "check_arrays", "check_ipc",
+           "data_dir_or_env", "fit_preprocessor", "load_cifar10", "load_cifar100", "load_dataset",
+           "load_digits", "load_mnist", "load_npz", "per_class_indices", "preprocess",
+           "sample_per_class", "stratified_split"]
