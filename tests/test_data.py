@@ -198,6 +198,19 @@ def test_cifar10_pickle_protocol5(tmp_path):
     np.testing.assert_array_equal(np.asarray(test.y), labels)
 
 
+def test_cifar10_old_numpy_module_names(tmp_path):
+    """The distributed files reference numpy.core.multiarray (numpy < 2 names); they must load."""
+    folder, batches = make_cifar10(tmp_path)
+    d, labels = batches["test_batch"]
+    blob = pickle.dumps({b"data": d, b"labels": labels}, protocol=2)
+    blob = blob.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"numpy.core.multiarray" in blob
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        f.write(blob)
+    _, test = load_cifar10(tmp_path)
+    np.testing.assert_allclose(np.asarray(test.x), chw_rows_to_nhwc(d), atol=1e-7)
+
+
 @pytest.mark.parametrize("mode,k", [("fine", 1), ("coarse", 2)])
 def test_cifar100_labels(tmp_path, mode, k):
     _, out = make_cifar100(tmp_path)
