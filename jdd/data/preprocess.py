@@ -18,8 +18,9 @@ covariance ``U diag(lam / (lam + reg)) U^T``, exactly the identity as ``zca_reg 
 full rank. (2) KIP's "rank control" (inverse square root forced to 1 beyond the first n
 eigenvalues when n < d) is not applied; with ``zca_reg > 0`` every eigenvalue is at least ``reg``,
 so ``W`` is well defined and invertible, and its inverse ``U diag(sqrt(lam + reg)) U^T`` is stored
-too. Literature defaults: KIP ``zca_reg=1e-5`` on flattened CIFAR; FRePo ``zca_reg=0.1``
-(jdd's default).
+too. Scale of the knob: the KIP / neural-tangents helper defaults to ``zca_reg=1e-5``; jdd
+defaults to the stronger ``0.1`` used in FRePo-style image pipelines, which keeps the transform
+well conditioned when n is small relative to d. Pass ``zca_reg`` explicitly to match a paper.
 
 Everything that is fitted is an array field of :class:`Preprocessor`, so it is saved with a
 distilled set (:meth:`Preprocessor.to_arrays`) and the same transform is applied to test data and
