@@ -314,3 +314,26 @@ def seed_keys(seed: int, seeds: int) -> jax.Array:
 def num_params(tree) -> int:
     """Number of scalars in a pytree (e.g. the storage of a distilled set)."""
     return int(sum(math.prod(np.shape(x)) for x in jax.tree.leaves(tree)))
+
+
+def init_per_class(key: PRNGKey, data, ipc: int):
+    """Jittable draw of ``ipc`` distinct real examples per class (class-major order).
+
+    Every class must hold at least ``ipc`` examples; check that host-side first with
+    :func:`jdd.data.check_ipc` (this function cannot raise inside jit).
+
+    Args:
+        key: PRNG key.
+        data: a :class:`jdd.data.Dataset`.
+        ipc: examples per class (static).
+
+    Returns:
+        (x (k * ipc, *feature_shape), y (k * ipc,) int32).
+    """
+    k = data.num_classes
+    u = jax.random.uniform(key, (data.y.shape[0],))
+    classes = jnp.arange(k)[:, None]
+    scores = jnp.where(data.y[None, :] == classes, u[None, :], -1.0)
+    _, idx = jax.lax.top_k(scores, ipc)
+    idx = idx.reshape(-1)
+    return data.x[idx], data.y[idx]

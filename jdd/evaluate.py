@@ -1,0 +1,199 @@
+"""The evaluation protocol: train fresh learners on a set, report test accuracy mean +- std.
+
+A :class:`Learner` turns a training set into a predictor. :func:`evaluate_set` trains
+``n_models`` learners from independent keys on one set (vmapped: one compiled computation) and
+reports the mean and standard deviation of their test accuracy. The two baselines use the SAME
+learner:
+
+* :func:`evaluate_random_subset`: every model gets its own random subset with the same number of
+  examples per class (so the std covers both subset and initialisation randomness);
+* :func:`evaluate_full_data`: models trained on the whole training set (for a network learner, with
+  minibatches and more steps: ``full_data_config``).
+
+Nothing here looks at the test set except to report the final accuracy: no checkpoint or
+hyperparameter is ever selected on it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdd.data.dataset import Dataset, per_class_indices
+from jdd.models import Model
+from jdd.train import TrainConfig, accuracy, check_config, init_and_fit
+
+
+class Learner(NamedTuple):
+    """How a set is turned into a predictor.
+
+    Attributes:
+        name: short description written to metrics.json (``result.learner``).
+        fit: ``(key, x (m, ...), y (m, k), lr ()) -> state``: train one model (``lr`` may be NaN,
+            meaning "use the learner's default").
+        accuracy: ``(state, x (n, ...), y (n,) int) -> ()`` test accuracy.
+        config: JSON-serialisable description of the settings.
+        full_data: the learner to use for the full-data baseline (None: this one).
+    """
+
+    name: str
+    fit: Callable[..., Any]
+    accuracy: Callable[..., jax.Array]
+    config: dict
+    full_data: "Learner | None" = None
+
+
+class EvalResult(NamedTuple):
+    """Test accuracies of ``n_models`` independently trained learners.
+
+    Attributes:
+        accuracies: (n_models,) float numpy array, fractions in [0, 1].
+        learner: the learner's name.
+    """
+
+    accuracies: np.ndarray
+    learner: str
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accuracies))
+
+    def to_dict(self) -> dict:
+        """``{"test_accuracy_mean", "test_accuracy_std", "n_models", "learner", "accuracies"}``."""
+        return {"test_accuracy_mean": self.mean, "test_accuracy_std": self.std,
+                "n_models": int(len(self.accuracies)), "learner": self.learner,
+                "accuracies": [float(a) for a in self.accuracies]}
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} +- {100 * self.std:.2f} % ({len(self.accuracies)} models)"
+
+
+def full_data_config(cfg: TrainConfig, n: int, *, epochs: int = 30,
+                     batch_size: int = 128) -> TrainConfig:
+    """The recipe for training on a whole dataset of ``n`` examples: same optimizer, minibatches
+    of ``batch_size``, ``epochs`` passes (at least ``cfg.steps`` steps), full backprop."""
+    steps = max(cfg.steps, math.ceil(epochs * n / batch_size))
+    return cfg._replace(steps=steps, batch_size=batch_size, memory="unroll")
+
+
+def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
+                    full_data: TrainConfig | None = None, full_data_lr: float | None = None,
+                    name: str | None = None) -> Learner:
+    """A neural-network learner: fresh init from the key, then :func:`jdd.train.fit`.
+
+    Args:
+        model: the network.
+        cfg: training recipe for small (synthetic / subset) sets.
+        lr: default learning rate, used when a set carries no learned rate (``lr`` NaN).
+        full_data: recipe for the full-data baseline (default :func:`full_data_config`, built when
+            the size of the training set is known).
+        full_data_lr: learning rate for the full-data baseline (default ``lr``).
+        name: description (default from the model and recipe).
+    """
+    check_config(cfg)
+    name = name or f"{model.name} [{cfg.optimizer}, {cfg.steps} steps]"
+
+    def fit(key, x, y, set_lr):
+        use = jnp.where(jnp.isfinite(set_lr), set_lr, lr)
+        return init_and_fit(model, key, x, y, use, cfg)
+
+    def acc(params, x, y):
+        return accuracy(model, params, x, y)
+
+    config = {"kind": "network", "model": model.name, "lr_default": lr, **cfg._asdict()}
+    full = None
+    if full_data is not None:
+        full = network_learner(model, full_data, full_data_lr or lr,
+                               name=f"{model.name} [{full_data.optimizer}, {full_data.steps} steps,"
+                                    f" batch {full_data.batch_size}]")
+    return Learner(name=name, fit=fit, accuracy=acc, config=config, full_data=full)
+
+
+def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr") -> Learner:
+    """Kernel ridge regression from the set: predictions ``K_ts (K_ss + reg tr(K_ss)/m I)^-1 y_s``.
+
+    Deterministic (the key is unused), so ``n_models`` > 1 only matters for random subsets.
+    """
+    from jdd.kernels.krr import krr_predict  # kernels are optional until used
+
+    def fit(key, x, y, lr):
+        return (x, y)
+
+    def acc(state, x, y):
+        xs, ys = state
+        pred = krr_predict(kernel_fn, xs, ys, x, reg)
+        return jnp.mean(jnp.argmax(pred, -1) == y)
+
+    return Learner(name=name, fit=fit, accuracy=acc, config={"kind": "krr", "reg": reg})
+
+
+def evaluate_set(learner: Learner, key: jax.Array, x: jax.Array, y: jax.Array, test: Dataset,
+                 n_models: int = 10, lr: Any = float("nan")) -> EvalResult:
+    """Train ``n_models`` learners on ``(x, y)`` from independent keys; test accuracy of each.
+
+    Args:
+        learner: the learner.
+        key: PRNG key; model ``i`` uses ``split(key, n_models)[i]``.
+        x: (m, *feature_shape) training inputs.
+        y: (m, k) targets (soft labels) or (m,) int labels (one-hot encoded here).
+        test: the test set.
+        n_models: number of independent models.
+        lr: learned learning rate carried by the set (NaN: the learner's default).
+
+    Returns:
+        :class:`EvalResult`.
+    """
+    y = _as_targets(y, test.num_classes)
+    keys = jax.random.split(key, n_models)
+    lr = jnp.asarray(lr, jnp.float32)
+
+    @jax.jit
+    def run(keys, x, y, lr, tx, ty):
+        states = jax.vmap(learner.fit, in_axes=(0, None, None, None))(keys, x, y, lr)
+        return jax.lax.map(lambda s: learner.accuracy(s, tx, ty), states)
+
+    accs = run(keys, jnp.asarray(x), y, lr, test.x, test.y)
+    return EvalResult(np.asarray(accs, np.float64), learner.name)
+
+
+def evaluate_random_subset(learner: Learner, key: jax.Array, train: Dataset, test: Dataset,
+                           ipc: int, n_models: int = 10) -> EvalResult:
+    """The random-subset baseline: model ``i`` trains on its own random ``ipc``-per-class subset."""
+    k_sub, k_fit = jax.random.split(key)
+    idx = np.stack([per_class_indices(k, np.asarray(train.y), train.num_classes, ipc, train.name)
+                    for k in jax.random.split(k_sub, n_models)])
+    keys = jax.random.split(k_fit, n_models)
+    nan = jnp.float32(jnp.nan)
+
+    @jax.jit
+    def run(keys, idx, x, y, tx, ty):
+        def one(k, i):
+            return learner.fit(k, x[i], jax.nn.one_hot(y[i], train.num_classes), nan)
+        states = jax.vmap(one)(keys, idx)
+        return jax.lax.map(lambda s: learner.accuracy(s, tx, ty), states)
+
+    accs = run(keys, jnp.asarray(idx), train.x, train.y, test.x, test.y)
+    return EvalResult(np.asarray(accs, np.float64), learner.name)
+
+
+def evaluate_full_data(learner: Learner, key: jax.Array, train: Dataset, test: Dataset,
+                       n_models: int = 10) -> EvalResult:
+    """The full-data baseline: ``n_models`` learners trained on all of ``train``."""
+    full = learner.full_data or learner
+    res = evaluate_set(full, key, train.x, train.y, test, n_models)
+    return res._replace(learner=full.name)
+
+
+def _as_targets(y, k: int) -> jax.Array:
+    y = jnp.asarray(y)
+    if y.ndim == 1:
+        return jax.nn.one_hot(y, k, dtype=jnp.float32)
+    return y.astype(jnp.float32)
