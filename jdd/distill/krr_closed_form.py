@@ -146,22 +146,23 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
     y_tr = jax.nn.one_hot(tr.y, train.num_classes, dtype=phi_tr.dtype)
     y_va = jax.nn.one_hot(va.y, train.num_classes, dtype=phi_tr.dtype)
     lams = jnp.asarray(grid, phi_tr.dtype)
-
-    @jax.jit
-    def scores(phi_tr, y_tr, phi_va, y_va, yint, lams):
-        u, s, vt = jnp.linalg.svd(phi_tr, full_matrices=False)
-        uty = u.T @ y_tr
-
-        def one(lam):
-            w = (uty.T * _filter_factors(s, lam)) @ vt
-            pred = predict(w, phi_va)
-            return (jnp.mean(jnp.argmax(pred, -1) == yint), jnp.mean((pred - y_va) ** 2))
-
-        return jax.vmap(one)(lams)
-
-    acc, mse = jax.device_get(scores(phi_tr, y_tr, phi_va, y_va, va.y, lams))
+    acc, mse = jax.device_get(_grid_scores(phi_tr, y_tr, phi_va, y_va, va.y, lams))
     best = np.lexsort((mse, -acc))[0]
     return float(np.asarray(grid, np.float64)[best])
+
+
+@jax.jit
+def _grid_scores(phi_tr, y_tr, phi_va, y_va, yint, lams):
+    """(validation accuracy, validation MSE) for every ridge in ``lams``, one shared SVD."""
+    u, s, vt = jnp.linalg.svd(phi_tr, full_matrices=False)
+    uty = u.T @ y_tr
+
+    def one(lam):
+        w = (uty.T * _filter_factors(s, lam)) @ vt
+        pred = predict(w, phi_va)
+        return jnp.mean(jnp.argmax(pred, -1) == yint), jnp.mean((pred - y_va) ** 2)
+
+    return jax.vmap(one)(lams)
 
 
 # ----------------------------------------------------------------------------------------------
