@@ -43,7 +43,8 @@ Distilled data (what replaces the J + N real samples):
   form). With m < L points only an m-dimensional part of a* can be reproduced: the rank-certifying
   labels give the Euclidean projection of a* on the row space of Phi_S; the compact variant
   (:func:`d2_compact`) chooses the projection that is best *in function space* (weighted by the real
-  feature covariance), which reconstructs far more of the teacher's accuracy per point.
+  feature covariance) and moves the m inputs by gradient descent to make that projection as good
+  as possible, which reconstructs far more of the teacher's accuracy per point.
 
 Memory (floats): D1^S stores m1 (d + 1), D2^S stores m2 (d + 1); with m1 = r^2 and m2 = L this is
 r^2 d + L d + O(r^2 + L), against (J + N)(d + 1) for the real data. (:func:`memory_floats`.)
@@ -94,7 +95,7 @@ class TwoLayer(NamedTuple):
 # ----------------------------------------------------------------------------- network primitives
 
 def init_two_layer(key: PRNGKey, d: int, width: int, *, a_scale: float = 1.0,
-                   bias_scale: float = 1.0, dtype=jnp.float32) -> TwoLayer:
+                   bias_scale: float = 1.0, dtype=None) -> TwoLayer:
     """Symmetric initialisation: ``width / 2`` neuron pairs with equal (w, b) and a = +-a_scale.
 
     Rows of W are uniform on the unit sphere, b ~ N(0, bias_scale^2). The network output is exactly
@@ -106,12 +107,14 @@ def init_two_layer(key: PRNGKey, d: int, width: int, *, a_scale: float = 1.0,
         width: L, an even number of hidden units.
         a_scale: magnitude of the second-layer weights at init.
         bias_scale: standard deviation of the biases.
+        dtype: float dtype (default: JAX's default float).
 
     Returns:
         A :class:`TwoLayer` with W: (L, d), b: (L,), a: (L,).
     """
     if width < 2 or width % 2:
         raise ValueError(f"width must be an even number >= 2 (symmetric pairs); got {width}.")
+    dtype = jnp.result_type(float) if dtype is None else dtype
     kw, kb = jax.random.split(key)
     half = width // 2
     w = jax.random.normal(kw, (half, d), dtype)
@@ -441,7 +444,9 @@ def d2_rank_certify(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target:
     ``Phi_S^T c = a_target``. The learner's phase 2 on (x~, y~) then returns
     ``Phi_S^T c = P a_target``, the orthogonal projection of a_target on the row space of Phi_S:
     exactly ``a_target`` once rank(Phi_S) = L (m >= L points in general position), the
-    rank-certifying case; a partial reconstruction for m < L. (At the symmetric init, paired neurons
+    rank-certifying case; a partial reconstruction for m < L. ReLU features can vanish on all of a
+    few points (a "dead" unit), so m = L random points sometimes falls short of rank L; jdd's
+    benchmarks use m = 2L and check the rank. (At the symmetric init, paired neurons
     coincide and the rank is at most L / 2; after phase 1 the pairs point in opposite directions.)
 
     Args:
@@ -461,7 +466,7 @@ def d2_rank_certify(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target:
         >>> p = net.init(jax.random.key(0), 5)
         >>> p = p._replace(W=jax.random.normal(jax.random.key(2), (8, 5)))  # as after phase 1
         >>> a = jnp.arange(8.0)
-        >>> xs, ys = d2_rank_certify(jax.random.key(1), net, p, a, m=8)
+        >>> xs, ys = d2_rank_certify(jax.random.key(1), net, p, a, m=16)
         >>> bool(jnp.allclose(net.phase2(p, xs, ys).a, a, atol=1e-2))
         True
     """
@@ -472,35 +477,79 @@ def d2_rank_certify(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target:
     return x, _labels_for(phi_s, c, learner.reg)
 
 
+def _projection_coef(phi_s, sigma, a_target):
+    """c minimising ||Phi_S^T c - a_target||_Sigma (a tiny jitter keeps it differentiable)."""
+    lhs = phi_s @ sigma @ phi_s.T
+    jitter = 1e-7 * jnp.trace(lhs) / lhs.shape[0] + jnp.finfo(lhs.dtype).tiny
+    return jnp.linalg.solve(lhs + jitter * jnp.eye(lhs.shape[0], dtype=lhs.dtype),
+                            phi_s @ sigma @ a_target)
+
+
 def d2_compact(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target: jax.Array, m: int,
-               x_ref: jax.Array, *, x: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+               x_ref: jax.Array, *, steps: int = 300,
+               optimizer: optax.GradientTransformation | None = None,
+               x: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Compact D2^S: m < L points chosen to reproduce the teacher's *function*, not its weights.
 
-    Same inputs as :func:`d2_rank_certify`, but the reproduced readout ``a_S = Phi_S^T c`` minimises
-    the function-space error ``E_x[(phi(x) . (a_S - a_target))^2] = ||a_S - a_target||^2_Sigma``
-    (Sigma = the feature second-moment matrix on the reference inputs ``x_ref``) instead of the
-    Euclidean one: ``c = (Phi_S Sigma Phi_S^T)^+ Phi_S Sigma a_target``. For m >= L it coincides with
-    the rank-certifying set (both give a_target exactly).
+    With m < L points the ridge readout can only reach ``a_S = Phi_S^T c``, a vector in the
+    m-dimensional row space of the synthetic features. The compact variant
+
+    1. measures error in function space, ``E_x[(phi(x) . (a_S - a_target))^2] =
+       ||a_S - a_target||^2_Sigma`` (Sigma = the feature second-moment matrix on the reference
+       inputs ``x_ref``), whose best c is ``(Phi_S Sigma Phi_S^T)^{-1} Phi_S Sigma a_target``;
+    2. moves the m inputs by ``steps`` optimizer steps (gradient descent through the features) to
+       minimise that error relative to ``||a_target||^2_Sigma``;
+    3. sets labels ``y~ = (Phi_S Phi_S^T + m reg I) c`` so the learner's ridge returns a_S.
+
+    For m >= L it coincides with the rank-certifying set (both give a_target exactly).
 
     Args:
-        key: PRNG key for the inputs.
+        key: PRNG key for the initial inputs.
         learner: the :class:`TwoPhase` learner.
         params: the network after phase 1.
         a_target: (L,) the second layer to reproduce.
         m: number of synthetic points.
         x_ref: (n, d) inputs that define Sigma (real, unlabeled inputs; e.g. the phase-2 inputs).
-        x: optional (m, d) inputs to use instead of random ones.
+        steps: optimisation steps on the inputs (0: keep the initial inputs).
+        optimizer: optax optimizer for the inputs (default ``optax.adam(0.05)``).
+        x: optional (m, d) initial inputs instead of random N(0, I_d) ones.
 
     Returns:
         (x~ (m, d), y~ (m,)).
+
+    Example:
+        >>> import jax
+        >>> from jdd.tasks import multi_index
+        >>> task = multi_index(jax.random.key(0), d=10, r=2, n=2000)
+        >>> net = two_phase(16)
+        >>> p = net.phase1(net.init(jax.random.key(1), 10), task.x, task.y)
+        >>> a = net.phase2(p, task.x, task.y).a
+        >>> xs, ys = d2_compact(jax.random.key(2), net, p, a, m=4, x_ref=task.x, steps=50)
+        >>> xs.shape, ys.shape
+        ((4, 10), (4,))
     """
+    optimizer = optimizer or optax.adam(0.05)
     if x is None:
         x = jax.random.normal(key, (m, params.W.shape[1]), params.W.dtype)
-    phi_s = learner.features(params, x)
     phi_r = learner.features(params, x_ref)
     sigma = phi_r.T @ phi_r / phi_r.shape[0]
-    lhs = phi_s @ sigma @ phi_s.T
-    c = jnp.linalg.pinv(lhs, hermitian=True) @ (phi_s @ sigma @ a_target)
+    norm = a_target @ sigma @ a_target
+
+    def loss(xs):
+        phi_s = learner.features(params, xs)
+        err = a_target - phi_s.T @ _projection_coef(phi_s, sigma, a_target)
+        return err @ sigma @ err / norm
+
+    def body(carry, _):
+        xs, opt_state = carry
+        g = jax.grad(loss)(xs)
+        updates, opt_state = optimizer.update(g, opt_state, xs)
+        return (optax.apply_updates(xs, updates), opt_state), None
+
+    if steps:
+        (x, _), _ = jax.lax.scan(body, (x, optimizer.init(x)), None, length=steps)
+    phi_s = learner.features(params, x)
+    c = jnp.linalg.pinv(phi_s @ sigma @ phi_s.T, hermitian=True) @ (phi_s @ sigma @ a_target)
     return x, _labels_for(phi_s, c, learner.reg)
 
 

@@ -190,8 +190,12 @@ def targets(x: jax.Array, U: jax.Array, coef: jax.Array, link: str | Link | Call
     return jax.vmap(lambda xi: fn(U @ xi, coef))(x)
 
 
-def random_frame(key: PRNGKey, d: int, r: int, dtype=jnp.float32) -> jax.Array:
-    """(r, d) matrix with orthonormal rows, Haar-distributed (QR of a Gaussian, sign-fixed)."""
+def random_frame(key: PRNGKey, d: int, r: int, dtype=None) -> jax.Array:
+    """(r, d) matrix with orthonormal rows, Haar-distributed (QR of a Gaussian, sign-fixed).
+
+    ``dtype`` defaults to JAX's default float (float32, or float64 under ``jax.enable_x64``).
+    """
+    dtype = jnp.result_type(float) if dtype is None else dtype
     if not 1 <= r <= d:
         raise ValueError(f"need 1 <= r <= d; got r={r}, d={d}.")
     g = jax.random.normal(key, (d, r), dtype)
