@@ -388,12 +388,20 @@ def _save_pictures(out, x, y, pre, run, feature_shape, method, save_image_grid, 
         imgs = np.asarray(pre.invert(x[0]))
     except Exception:  # a preprocessing that cannot be inverted: show the raw values
         imgs = x[0]
+    # Group by the class slot the set was initialised with (class-major order) unless the labels
+    # say otherwise: learned soft labels may move their argmax away from the slot's class.
+    m, k = y.shape[1], y.shape[2]
+    labels = np.argmax(y[0], -1)
+    if m % k == 0:
+        slots = np.arange(m) // (m // k)
+        if np.mean(slots == labels) > 0.5:
+            labels = slots
     if len(feature_shape) == 3:
-        save_image_grid(os.path.join(out, "distilled.png"), imgs, np.argmax(y[0], -1),
+        save_image_grid(os.path.join(out, "distilled.png"), imgs, labels,
                         title=f"{method}: distilled set (seed 0), one column per class")
     else:
         save_image_grid(os.path.join(out, "distilled.png"), imgs.reshape(len(imgs), -1),
-                        np.argmax(y[0], -1), title=f"{method}: distilled set (seed 0)")
+                        labels, title=f"{method}: distilled set (seed 0)")
     if run.history and "loss" in run.history:
         save_curve(os.path.join(out, "loss.png"), run.steps_logged, run.history["loss"],
                    ylabel="outer loss", title=f"{method}: outer loss")

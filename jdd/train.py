@@ -167,9 +167,20 @@ def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Arr
 
 def init_and_fit(model: Model, key: jax.Array, x: jax.Array, targets: jax.Array, lr: jax.Array,
                  cfg: TrainConfig = TrainConfig()) -> Any:
-    """Fresh initialisation from ``key`` then :func:`fit`: one trained model per key (vmap-able)."""
+    """Fresh initialisation from ``key`` then :func:`fit`: one trained model per key (vmap-able).
+
+    The parameters are cast to the dtype of ``x`` (flax initialises in float32 even when
+    float64 is enabled), so float64 inputs give a float64 inner loop end to end.
+    """
     k_init, k_fit = jax.random.split(key)
-    return fit(model, model.init(k_init, x[:1]), x, targets, lr, k_fit, cfg)
+    params = cast_like(model.init(k_init, x[:1]), x.dtype)
+    return fit(model, params, x, targets, lr, k_fit, cfg)
+
+
+def cast_like(params: Any, dtype) -> Any:
+    """Cast the floating leaves of ``params`` to ``dtype`` (other leaves untouched)."""
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
 
 
 def accuracy(model: Model, params: Any, x: jax.Array, y: jax.Array,
