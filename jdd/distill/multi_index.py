@@ -477,14 +477,6 @@ def d2_rank_certify(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target:
     return x, _labels_for(phi_s, c, learner.reg)
 
 
-def _projection_coef(phi_s, sigma, a_target):
-    """c minimising ||Phi_S^T c - a_target||_Sigma (a tiny jitter keeps it differentiable)."""
-    lhs = phi_s @ sigma @ phi_s.T
-    jitter = 1e-7 * jnp.trace(lhs) / lhs.shape[0] + jnp.finfo(lhs.dtype).tiny
-    return jnp.linalg.solve(lhs + jitter * jnp.eye(lhs.shape[0], dtype=lhs.dtype),
-                            phi_s @ sigma @ a_target)
-
-
 def d2_compact(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target: jax.Array, m: int,
                x_ref: jax.Array, *, steps: int = 300,
                optimizer: optax.GradientTransformation | None = None,
@@ -532,13 +524,15 @@ def d2_compact(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target: jax.
     if x is None:
         x = jax.random.normal(key, (m, params.W.shape[1]), params.W.dtype)
     phi_r = learner.features(params, x_ref)
-    sigma = phi_r.T @ phi_r / phi_r.shape[0]
-    norm = a_target @ sigma @ a_target
+    f_target = phi_r @ a_target                       # the teacher's outputs on x_ref
 
     def loss(xs):
-        phi_s = learner.features(params, xs)
-        err = a_target - phi_s.T @ _projection_coef(phi_s, sigma, a_target)
-        return err @ sigma @ err / norm
+        # ||a_S - a*||_Sigma^2 = mean_x (phi(x).(a_S - a*))^2, minimised over a_S in the row space
+        # of Phi_S: the residual of projecting f_target on the columns of phi_r Phi_S^T (by QR,
+        # which avoids squaring the condition number).
+        q, _ = jnp.linalg.qr(phi_r @ learner.features(params, xs).T)
+        resid = f_target - q @ (q.T @ f_target)
+        return jnp.sum(resid ** 2) / jnp.sum(f_target ** 2)
 
     def body(carry, _):
         xs, opt_state = carry
@@ -549,7 +543,7 @@ def d2_compact(key: PRNGKey, learner: TwoPhase, params: TwoLayer, a_target: jax.
     if steps:
         (x, _), _ = jax.lax.scan(body, (x, optimizer.init(x)), None, length=steps)
     phi_s = learner.features(params, x)
-    c = jnp.linalg.pinv(phi_s @ sigma @ phi_s.T, hermitian=True) @ (phi_s @ sigma @ a_target)
+    c = jnp.linalg.lstsq(phi_r @ phi_s.T, f_target)[0]
     return x, _labels_for(phi_s, c, learner.reg)
 
 
@@ -560,7 +554,7 @@ class Reconstruction(NamedTuple):
         mse: () test MSE of the network with the D2^S readout.
         mse_pct: () 100 (MSE_0 - mse) / (MSE_0 - MSE_teacher), MSE_0 = the MSE of a zero readout.
         rank: () numerical rank of the D2^S feature matrix.
-        rank_pct: () 100 rank / rank of the real feature matrix (the maximal attainable rank).
+        rank_pct: () 100 rank / L (the width: the maximal attainable rank of the readout's span).
         weight_err: () ||a_S - a_teacher|| / ||a_teacher||.
     """
 
@@ -572,8 +566,7 @@ class Reconstruction(NamedTuple):
 
 
 def reconstruction(learner: TwoPhase, params: TwoLayer, a_teacher: jax.Array, xs: jax.Array,
-                   ys: jax.Array, x_test: jax.Array, y_test: jax.Array,
-                   x_ref: jax.Array | None = None) -> Reconstruction:
+                   ys: jax.Array, x_test: jax.Array, y_test: jax.Array) -> Reconstruction:
     """Reconstruction percentages of a D2^S set against the teacher readout.
 
     Args:
@@ -582,22 +575,19 @@ def reconstruction(learner: TwoPhase, params: TwoLayer, a_teacher: jax.Array, xs
         a_teacher: (L,) teacher readout (ridge on real data with these features).
         xs, ys: the D2^S set, (m, d) and (m,).
         x_test, y_test: held-out data, (n, d) and (n,).
-        x_ref: inputs whose feature matrix defines the maximal rank (default: ``x_test``).
 
     Returns:
         A :class:`Reconstruction`.
     """
-    x_ref = x_test if x_ref is None else x_ref
     student = learner.phase2(params, xs, ys)
     teacher = params._replace(a=a_teacher)
     mse = learner.mse(student, x_test, y_test)
     mse_t = learner.mse(teacher, x_test, y_test)
     mse_0 = jnp.mean(y_test ** 2)
     rank = jnp.linalg.matrix_rank(learner.features(params, xs))
-    rank_max = jnp.linalg.matrix_rank(learner.features(params, x_ref))
     return Reconstruction(
         mse=mse, mse_pct=100.0 * (mse_0 - mse) / (mse_0 - mse_t), rank=rank,
-        rank_pct=100.0 * rank / rank_max,
+        rank_pct=100.0 * rank / params.W.shape[0],
         weight_err=jnp.linalg.norm(student.a - a_teacher) / jnp.linalg.norm(a_teacher))
 
 
