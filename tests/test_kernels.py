@@ -297,10 +297,10 @@ def test_krr_predict_interpolates_and_classifies():
     y = jax.nn.one_hot(labels, 4)
     with jax.enable_x64(True):
         x64, y64 = x.astype(jnp.float64), y.astype(jnp.float64)
-        pred = krr_predict(fc_kernel(2), x64, y64, x64, reg=1e-10)
+        pred = jax.jit(krr_predict, static_argnums=0)(fc_kernel(2), x64, y64, x64, 1e-10)
         assert pred.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(pred), np.asarray(y64), atol=1e-5)
-    acc = krr_accuracy(rbf_kernel(), x, y, x, labels, reg=1e-6)
+    acc = jax.jit(krr_accuracy, static_argnums=0)(rbf_kernel(), x, y, x, labels, 1e-6)
     assert float(acc) == 1.0
-    shrunk = krr_predict(linear_kernel(), x, y, x, reg=1e6)
+    shrunk = jax.jit(krr_predict, static_argnums=0)(linear_kernel(), x, y, x, 1e6)
     assert float(jnp.max(jnp.abs(shrunk))) < 1e-3
