@@ -20,6 +20,7 @@ unrolled training (:func:`jdd.distill.unrolled`) is one instance of it.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Callable, NamedTuple
@@ -155,7 +156,7 @@ def bilevel(init_params: Callable[[PRNGKey, Any], Any],
         params = optax.apply_updates(state.params, updates)
         if project is not None:
             params = project(params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads), **aux}
         return BilevelState(params, opt_state, state.step + 1), metrics
 
     def synthetic(state):
@@ -235,34 +236,23 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     batched = _is_key_batch(key)
     log_every = max(1, min(int(log_every), max(steps, 1)))
 
-    init = distiller.init
-    def chunk_fn(n):
-        f = lambda s, k, d: scan_steps(distiller, s, k, d, n)  # noqa: E731
-        if batched:
-            f = jax.vmap(f, in_axes=(0, 0, None))
-        return jax.jit(f)
-
     if batched:
-        init = jax.vmap(init, in_axes=(0, None))
         run_keys = jax.vmap(lambda k: jax.random.split(k)[1])(key)
         init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(key)
     else:
         init_keys, run_keys = jax.random.split(key)
 
     t0 = time.perf_counter()
-    state = jax.jit(init)(init_keys, data)
+    state = _compiled_init(distiller, batched)(init_keys, data)
     n_full, rem = divmod(steps, log_every)
     chunks = [log_every] * n_full + ([rem] if rem else [])
-    compiled = {}
     history: dict[str, list] = {}
     logged = []
     bar = _progress_bar(steps, desc, progress)
     done = 0
     try:
         for n in chunks:
-            if n not in compiled:
-                compiled[n] = chunk_fn(n)
-            state, metrics = compiled[n](state, run_keys, data)
+            state, metrics = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
             metrics = jax.device_get(metrics)
             done += n
             logged.append(done)
@@ -282,6 +272,22 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     synthetic = jax.jit(synth_fn)(state)
     hist = {k: np.stack(v, axis=-1) for k, v in history.items()}
     return RunResult(state, synthetic, hist, np.asarray(logged, np.int64), seconds)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(distiller: Distiller, n: int, batched: bool):
+    """Jitted ``n``-step chunk (vmapped over seeds when ``batched``), cached per distiller so
+    repeated :func:`distill` calls with the same distiller reuse jax's compilation cache."""
+    f = lambda s, k, d: scan_steps(distiller, s, k, d, n)  # noqa: E731
+    if batched:
+        f = jax.vmap(f, in_axes=(0, 0, None))
+    return jax.jit(f)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(distiller: Distiller, batched: bool):
+    init = jax.vmap(distiller.init, in_axes=(0, None)) if batched else distiller.init
+    return jax.jit(init)
 
 
 def _check_finite(history: dict, step: int) -> None:

@@ -48,7 +48,8 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
         init: ``"real"`` (random real examples of each class) or ``"noise"`` (standard normal).
         inner_lr: initial inner learning rate.
         learn_labels: learn soft labels (label logits); else keep one-hot targets.
-        learn_lr: learn the inner learning rate (log-parameterised, clipped to LOG_LR_BOUNDS).
+        learn_lr: learn the inner learning rate (log-parameterised; the learned value is clipped
+            to LOG_LR_BOUNDS). When False, ``inner_lr`` is used exactly as given.
         label_init: initial logit of the true class (others 0), i.e. a softened one-hot.
 
     Returns:
@@ -111,4 +112,4 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
         return Synthetic(x=params["x"], y=targets(params), lr=jnp.exp(params["log_lr"]))
 
     return bilevel(init_params, fit, outer_loss, optimizer, batch_size=batch_size,
-                   to_synthetic=to_synthetic, project=project)
+                   to_synthetic=to_synthetic, project=project if learn_lr else None)
