@@ -22,6 +22,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -124,13 +125,16 @@ def load_distilled(path: str | os.PathLike) -> DistilledSet:
                                 "by `jdd distill --out DIR`.")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("x", "y", "lr", "meta") if k not in z.files]
-            if missing:
-                raise ValueError(f"{path} is not a jdd distilled set: missing keys {missing} "
-                                 "(expected x, y, lr, meta and pre_*).")
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive")
             arrays = {k: z[k] for k in z.files}
-    except (OSError, EOFError) as e:  # zipfile errors derive from these / ValueError
-        raise ValueError(f"{path} could not be read as .npz ({e}); the file is corrupt.") from e
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} could not be read as .npz ({e}); the file is corrupt or not "
+                         "a distilled set.") from e
+    missing = [k for k in ("x", "y", "lr", "meta") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} is not a jdd distilled set: missing keys {missing} "
+                         "(expected x, y, lr, meta and pre_*).")
     return DistilledSet(x=arrays["x"], y=arrays["y"], lr=arrays["lr"],
                         preprocessor=Preprocessor.from_arrays(arrays),
                         meta=json.loads(str(arrays["meta"])))
