@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KRR regulariser, relative to trace(K_ss)/m")
     g.add_argument("--features", default="linear",
                    help=f"krr-closed-form feature map, one of: {', '.join(FEATURES)}")
-    g.add_argument("--lam-s", type=float, default=0.0, help="closed form: distilled-set ridge")
+    g.add_argument("--lam-s", type=_lam_s, default="auto",
+                   help="closed form: distilled-set ridge lambda_S (a number >= 0, or 'auto': 0 "
+                        "when the constructed features are realisable by the map, else the small "
+                        "admissible value that keeps bounded RFF features in range)")
+    g.add_argument("--float64", action="store_true",
+                   help="closed form: construct in float64 (|W_S - W|/|W| ~1e-10 instead of ~1e-3)")
     g.add_argument("--dp-epsilon", type=float, default=None, help="closed form: DP epsilon")
     g.add_argument("--dp-delta", type=float, default=1e-5, help="closed form: DP delta")
     g = d.add_argument_group("evaluation")
@@ -110,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
     _ = MODELS
     return p
+
+
+def _lam_s(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto'; got {text!r}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"lambda_S must be >= 0; got {v}")
+    return v
 
 
 def _add_learner_args(g, defaults: bool):
@@ -294,12 +311,66 @@ def _run_kip(a, train, test, keys) -> MethodRun:
 
 
 def _run_closed_form(a, train, test, keys) -> MethodRun:
-    from jdd.distill.krr_cli import run_closed_form
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jdd.distill import krr_closed_form as cf
+    from jdd.evaluate import feature_ridge_learner
+    from jdd.kernels.features import feature_map
+
+    init = a.init or "noise"
+    if init not in ("noise", "real"):
+        raise CLIError(f"unknown --init {init!r} for krr-closed-form; valid: noise, real")
+    if getattr(a, "float64", False):
+        return _in_float64(_run_closed_form_64, a, train, test, keys)
+    t0 = time.perf_counter()
+    k_feat, k_lam = jax.random.split(jax.random.key(a.seed + 7919))
+    d = int(np.prod(train.feature_shape))
+    fm = feature_map(a.features, k_feat, d)
+    lam = cf.select_lambda(k_lam, fm, train)  # validation split of TRAIN, never the test set
+    phi = fm.phi(train.x)
+    w = cf.fit_ridge(phi, train.one_hot(phi.dtype), lam)
+    dp = None
+    if a.dp_epsilon is not None:
+        bound = float(jnp.max(jnp.linalg.norm(phi, axis=1)))
+        dp = cf.DPConfig(a.dp_epsilon, a.dp_delta, cf.ridge_sensitivity(train.n, bound, lam))
+    results = []
     try:
-        out = run_closed_form(a, train, test, keys)
+        for key in keys:
+            results.append(cf.closed_form_distill(key, fm, train, ipc=a.ipc, lam=lam,
+                                                  lam_s=a.lam_s, init=init, dp=dp, W=w))
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return MethodRun(**out)
+    jax.block_until_ready(results)
+    seconds = time.perf_counter() - t0
+    lam_s = float(results[0].lam_s)
+    learner = feature_ridge_learner(fm, lam_s, float(lam))
+    rel = [float(r.rel_err) for r in results]
+    _say(a.quiet, f"closed form: lam={float(lam):.3g} (validation split), lam_s={lam_s:.3g}, "
+                  f"max |W_S - W| / |W| = {max(rel):.2e}")
+    config = {"features": a.features, "p": fm.p, "lam": float(lam), "lam_s": lam_s,
+              "init": init, "dp": dp._asdict() if dp else None}
+    extra = {"closed_form": {"rel_err_W": rel,
+                             "feature_err": [float(r.feature_err) for r in results],
+                             "lam_s_max": [float(r.lam_s_max) for r in results]}}
+    x = np.stack([np.asarray(r.x_s, np.float32) for r in results])
+    y = np.stack([np.asarray(r.y_s, np.float32) for r in results])
+    lr = np.full((len(keys),), np.nan, np.float32)
+    return MethodRun(x, y, lr, seconds, learner, {}, np.zeros(0), config, extra)
+
+
+def _in_float64(fn, a, train, test, keys):
+    import jax
+    import jax.numpy as jnp
+    with jax.enable_x64(True):
+        return fn(a, train.replace(x=jnp.asarray(train.x, jnp.float64)), test, keys)
+
+
+def _run_closed_form_64(a, train, test, keys):
+    a64 = argparse.Namespace(**{**vars(a), "float64": False})
+    run = _run_closed_form(a64, train, test, keys)
+    run.config["float64"] = True
+    return run
 
 
 RUNNERS: dict[str, Callable] = {"unrolled": _run_unrolled, "kip": _run_kip,

@@ -197,3 +197,34 @@ def _as_targets(y, k: int) -> jax.Array:
     if y.ndim == 1:
         return jax.nn.one_hot(y, k, dtype=jnp.float32)
     return y.astype(jnp.float32)
+
+
+def feature_ridge_learner(features, lam_s: float, full_lam: float) -> Learner:
+    """Ridge regression on a fixed feature map (the closed-form KRR method's learner).
+
+    ``fit`` solves ``W = fit_ridge(phi(x), y, lam_s)``; the full-data baseline uses the original
+    model's ridge ``full_lam`` (chosen on a validation split of the training data). Deterministic:
+    the key is unused.
+
+    Args:
+        features: a :class:`jdd.kernels.features.FeatureMap`.
+        lam_s: ridge used on small (distilled / subset) sets.
+        full_lam: ridge of the original model on all training data.
+    """
+    from jdd.distill.krr_closed_form import accuracy as w_accuracy
+    from jdd.distill.krr_closed_form import fit_ridge
+
+    def make(lam, name):
+        def fit(key, x, y, lr):
+            return fit_ridge(features.phi(x), y.astype(x.dtype), lam)
+
+        def acc(w, x, y):
+            return w_accuracy(w, features.phi(x), y)
+
+        return Learner(name=name, fit=fit, accuracy=acc,
+                       config={"kind": "feature-ridge", "features": features.name,
+                               "p": features.p, "lam": float(lam)})
+
+    full = make(full_lam, f"ridge[{features.name} features, lam={full_lam:.3g}]")
+    small = make(lam_s, f"ridge[{features.name} features, lam={lam_s:.3g}]")
+    return small._replace(full_data=full)
