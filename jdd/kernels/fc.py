@@ -162,7 +162,7 @@ def activation_map(name: str) -> ActivationMap:
     Example:
         >>> import jax.numpy as jnp
         >>> k, kdot = activation_map("relu").cross(jnp.float32(0.0), 1.0, 1.0)
-        >>> round(float(k), 4), float(kdot)  # orthogonal inputs: 1 / (2 pi), 1 / 4
+        >>> round(float(k), 4), round(float(kdot), 4)  # orthogonal inputs: 1 / (2 pi), 1 / 4
         (0.1592, 0.25)
     """
     if name not in _ACT_MAPS:

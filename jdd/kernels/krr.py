@@ -44,7 +44,7 @@ def krr_solve(k_ss: jax.Array, y_s: jax.Array, reg: float | jax.Array = 1e-6) ->
 
     Example:
         >>> import jax.numpy as jnp
-        >>> krr_solve(jnp.eye(2), jnp.ones((2, 1)), reg=1.0).tolist()
+        >>> krr_solve(jnp.eye(2), jnp.ones((2, 1)), reg=1.0).round(4).tolist()
         [[0.5], [0.5]]
     """
     dtype = jnp.result_type(k_ss.dtype, jnp.asarray(y_s).dtype)
