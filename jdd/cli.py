@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = d.add_argument_group("evaluation")
     g.add_argument("--n-models", type=int, default=10, help="fresh models per evaluated set")
     g.add_argument("--no-eval", action="store_true", help="skip evaluation and baselines")
+    g.add_argument("--full-data-epochs", type=int, default=30,
+                   help="epochs of minibatch training for the full-data network baseline")
 
     e = sub.add_parser(
         "evaluate", help="re-evaluate a saved distilled set",
@@ -280,7 +282,8 @@ def _run_unrolled(a, train, test, keys) -> MethodRun:
                 desc=f"unrolled ipc={a.ipc} seeds={len(keys)}")
     eval_cfg = cfg._replace(memory="unroll")
     learner = network_learner(model, eval_cfg, a.inner_lr,
-                              full_data=full_data_config(eval_cfg, train.n))
+                              full_data=full_data_config(eval_cfg, train.n,
+                                                         epochs=a.full_data_epochs))
     config = {"model": model.name, "inner": cfg._asdict(), "outer_lr": a.lr or 1e-2,
               "batch_size": a.batch_size, "init": init, "inner_lr_init": a.inner_lr,
               "learn_labels": not a.no_learn_labels, "learn_lr": not a.no_learn_lr}

@@ -16,6 +16,7 @@ hyperparameter is ever selected on it.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -154,13 +155,8 @@ def evaluate_set(learner: Learner, key: jax.Array, x: jax.Array, y: jax.Array, t
     y = _as_targets(y, test.num_classes)
     keys = jax.random.split(key, n_models)
     lr = jnp.asarray(lr, jnp.float32)
-
-    @jax.jit
-    def run(keys, x, y, lr, tx, ty):
-        states = jax.vmap(learner.fit, in_axes=(0, None, None, None))(keys, x, y, lr)
-        return jax.lax.map(lambda s: learner.accuracy(s, tx, ty), states)
-
-    accs = run(keys, jnp.asarray(x), y, lr, test.x, test.y)
+    accs = _set_evaluator(learner.fit, learner.accuracy)(keys, jnp.asarray(x), y, lr, test.x,
+                                                         test.y)
     return EvalResult(np.asarray(accs, np.float64), learner.name)
 
 
@@ -171,15 +167,7 @@ def evaluate_random_subset(learner: Learner, key: jax.Array, train: Dataset, tes
     idx = np.stack([per_class_indices(k, np.asarray(train.y), train.num_classes, ipc, train.name)
                     for k in jax.random.split(k_sub, n_models)])
     keys = jax.random.split(k_fit, n_models)
-    nan = jnp.float32(jnp.nan)
-
-    @jax.jit
-    def run(keys, idx, x, y, tx, ty):
-        def one(k, i):
-            return learner.fit(k, x[i], jax.nn.one_hot(y[i], train.num_classes), nan)
-        states = jax.vmap(one)(keys, idx)
-        return jax.lax.map(lambda s: learner.accuracy(s, tx, ty), states)
-
+    run = _subset_evaluator(learner.fit, learner.accuracy, train.num_classes)
     accs = run(keys, jnp.asarray(idx), train.x, train.y, test.x, test.y)
     return EvalResult(np.asarray(accs, np.float64), learner.name)
 
@@ -190,6 +178,33 @@ def evaluate_full_data(learner: Learner, key: jax.Array, train: Dataset, test: D
     full = learner.full_data or learner
     res = evaluate_set(full, key, train.x, train.y, test, n_models)
     return res._replace(learner=full.name)
+
+
+@functools.lru_cache(maxsize=64)
+def _set_evaluator(fit, acc):
+    """Jitted "train n models (vmapped), then test each" for one learner; cached so evaluating
+    several sets of the same shapes with the same learner compiles once."""
+
+    @jax.jit
+    def run(keys, x, y, lr, tx, ty):
+        states = jax.vmap(fit, in_axes=(0, None, None, None))(keys, x, y, lr)
+        return jax.lax.map(lambda s: acc(s, tx, ty), states)
+
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _subset_evaluator(fit, acc, num_classes: int):
+    nan = jnp.float32(jnp.nan)
+
+    @jax.jit
+    def run(keys, idx, x, y, tx, ty):
+        def one(k, i):
+            return fit(k, x[i], jax.nn.one_hot(y[i], num_classes), nan)
+        states = jax.vmap(one)(keys, idx)
+        return jax.lax.map(lambda s: acc(s, tx, ty), states)
+
+    return run
 
 
 def _as_targets(y, k: int) -> jax.Array:

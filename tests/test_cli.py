@@ -1,0 +1,105 @@
+"""The jdd command line end to end on digits (few steps), and its errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jdd.artifacts import load_distilled
+from jdd.cli import main
+
+KEYS = {"test_accuracy_mean", "test_accuracy_std", "n_models", "learner"}
+
+
+def _check_metrics(path, method, ipc, seeds):
+    m = json.loads(open(path).read())
+    for k in ("method", "dataset", "ipc", "seeds", "distill_seconds", "result", "baselines",
+              "versions"):
+        assert k in m, k
+    assert (m["method"], m["dataset"], m["ipc"], m["seeds"]) == (method, "digits", ipc, seeds)
+    for r in (m["result"], m["baselines"]["random_subset"], m["baselines"]["full_data"]):
+        assert KEYS <= set(r)
+        assert 0.0 <= r["test_accuracy_mean"] <= 1.0 and r["test_accuracy_std"] >= 0.0
+    assert m["versions"]["jax"]
+    return m
+
+
+def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["distill", "--method", "unrolled", "--dataset", "digits", "--ipc", "1",
+               "--seeds", "2", "--steps", "6", "--log-every", "3", "--inner-steps", "3",
+               "--hidden", "16", "--n-models", "2", "--full-data-epochs", "2", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    assert capsys.readouterr().out == ""  # --quiet prints nothing
+    m = _check_metrics(out / "metrics.json", "unrolled", 1, 2)
+    assert m["result"]["n_models"] == 4 and len(m["result"]["per_seed_mean"]) == 2
+    assert len(m["history"]["loss"]) == 2 and len(m["history"]["steps"]) == 2
+    ds = load_distilled(out)
+    assert ds.x.shape == (2, 10, 8, 8, 1) and ds.y.shape == (2, 10, 10) and ds.lr.shape == (2,)
+    assert np.all(np.isfinite(ds.lr))
+    np.testing.assert_allclose(ds.y.sum(-1), 1.0, rtol=1e-5)
+    assert ds.meta["method"] == "unrolled" and ds.meta["preprocess"] == "standardize"
+    for f in ("distilled.png", "loss.png"):
+        assert (out / f).read_bytes()[:4] == b"\x89PNG"
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+    rc = main(["evaluate", str(out), "--model", "convnet", "--width", "8", "--depth", "2",
+               "--n-models", "2", "--no-baselines"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "convnet" in text and "distilled (unrolled, ipc 1)" in text
+    e = json.loads((out / "eval-convnet.json").read_text())
+    assert e["result"]["n_models"] == 4 and "convnet" in e["result"]["learner"]
+
+
+def test_distill_closed_form_end_to_end(tmp_path):
+    out = tmp_path / "cf"
+    rc = main(["distill", "--method", "krr-closed-form", "--features", "linear", "--ipc", "1",
+               "--seeds", "1", "--n-models", "2", "--out", str(out), "--quiet"])
+    assert rc == 0
+    m = _check_metrics(out / "metrics.json", "krr-closed-form", 1, 1)
+    # the distilled set trains the original model: same accuracy as the full-data learner
+    assert abs(m["result"]["test_accuracy_mean"]
+               - m["baselines"]["full_data"]["test_accuracy_mean"]) < 1e-6
+    assert m["closed_form"]["rel_err_W"][0] < 1e-2
+    assert "ridge[linear" in m["result"]["learner"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--method", "magic"], "valid methods: unrolled, kip, krr-closed-form"),
+    (["--method", "unrolled", "--dataset", "imagenet"], "valid datasets: digits"),
+    (["--method", "unrolled", "--ipc", "500"], "ipc=500 but class"),
+    (["--method", "unrolled", "--model", "resnet"], "valid models: mlp, convnet, two_layer"),
+    (["--method", "unrolled", "--memory", "remat"], "valid: unroll, checkpoint, truncated"),
+    (["--method", "unrolled", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--method", "kip", "--kernel", "laplace"], "valid kernels:"),
+    (["--method", "krr-closed-form", "--features", "poly"], "valid: linear, rff, fcnn"),
+    (["--method", "unrolled", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "MNIST"),
+])
+def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, capsys, argv, msg):
+    out = tmp_path / "never"
+    rc = main(["distill", *argv, "--steps", "2", "--out", str(out), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_evaluate_missing_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "distilled.npz" in capsys.readouterr().err
+
+
+def test_help_is_complete(capsys):
+    for argv in (["--help"], ["distill", "--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--method", "--ipc", "--seeds", "--steps", "--out", "--quiet", "--model",
+                 "--kernel", "--features", "--n-models", "--memory", "--preprocess"):
+        assert word in text
+    assert main(["methods"]) == 0
+    assert "krr-closed-form" in capsys.readouterr().out
