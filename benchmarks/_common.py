@@ -1,0 +1,110 @@
+"""Shared helpers for the benchmark scripts in this folder.
+
+Every benchmark is run as ``python benchmarks/NAME.py [--quick] [--json PATH]``: it prints a table
+and writes a JSON file (default ``benchmarks/results/NAME.json``) holding the device, the library
+versions, the settings and the results. ``--quick`` uses tiny settings (a couple of minutes on a
+CPU) for smoke tests; the full run is the one whose numbers are quoted.
+
+Helpers:
+
+* :func:`parse_args`: the standard ``--quick`` / ``--json`` parser (extra options can be added);
+* :func:`device_string`, :func:`versions`: where and with what a result was measured;
+* :func:`table`: a plain-text table;
+* :func:`write_result`: atomic JSON (``jdd.artifacts.write_json``) with device and versions added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+# Make `import jdd` work from a plain checkout too (the venv has it installed editable).
+if os.path.join(HERE, "..") not in sys.path:
+    sys.path.insert(0, os.path.join(HERE, ".."))
+
+
+def default_json(name: str) -> str:
+    """``benchmarks/results/NAME.json``."""
+    return os.path.join(RESULTS, f"{name}.json")
+
+
+def parse_args(name: str, description: str,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``--quick`` and ``--json PATH`` (default ``results/NAME.json``) plus ``extra`` options."""
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings (a couple of minutes on a CPU); numbers not for quoting")
+    p.add_argument("--json", default=default_json(name), help="where to write the JSON result")
+    if extra is not None:
+        extra(p)
+    return p.parse_args(argv)
+
+
+def device_string() -> str:
+    """E.g. ``"CPU (2 cores, shared)"`` or ``"GPU (NVIDIA H100 80GB HBM3)"``."""
+    import jax
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return f"CPU ({os.cpu_count()} cores, shared)"
+    return f"{dev.platform.upper()} ({dev.device_kind})"
+
+
+def versions() -> dict:
+    """Versions of jdd, jax, jaxlib, optax, flax, numpy, python and the jax backend."""
+    import flax
+    import jax
+    import jaxlib
+    import numpy
+    import optax
+    import jdd
+    return {"jdd": jdd.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "optax": optax.__version__, "flax": flax.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "backend": jax.default_backend()}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
+    """Format a plain-text table; the first column is left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths)))
+
+    out = ([title] if title else []) + [line(cells[0]), "-" * len(line(cells[0]))]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, float):
+        return f"{c:.4g}"
+    return str(c)
+
+
+def write_result(path: str, name: str, quick: bool, settings: dict, results: dict,
+                 **extra) -> dict:
+    """Atomically write the standard JSON payload and return it.
+
+    Layout: ``{"benchmark", "quick", "device", "versions", "date", "settings", "results", ...}``.
+    """
+    from jdd.artifacts import write_json
+    payload = {"benchmark": name, "quick": bool(quick), "device": device_string(),
+               "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+               "settings": settings, "results": results, **extra}
+    write_json(path, payload)
+    return payload
+
+
+def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    """``"93.51 +- 0.80"`` (accuracies as percentages by default)."""
+    return f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"
