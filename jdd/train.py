@@ -124,7 +124,8 @@ def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Arr
         >>> import jax, jax.numpy as jnp
         >>> from jdd.models import make_model
         >>> m = make_model("mlp", 2, hidden=(8,))
-        >>> x = jax.random.normal(jax.random.key(0), (6, 3)); t = jax.nn.one_hot(x[:, 0] > 0, 2)
+        >>> x = jax.random.normal(jax.random.key(0), (6, 3))
+        >>> t = jax.nn.one_hot((x[:, 0] > 0).astype(jnp.int32), 2)
         >>> p = fit(m, m.init(jax.random.key(1), x), x, t, 0.1, jax.random.key(2),
         ...         TrainConfig(steps=20))
     """

@@ -1,8 +1,21 @@
-"""Distillers: the Distiller abstraction, the run loop, and one file per method."""
+"""Distillers: the Distiller abstraction, the run loop, and one file per method.
+
+* :func:`bilevel` — the general task-specific form (inner learner + outer objective);
+* :func:`unrolled` — back-propagation through unrolled training (Wang et al. 2018);
+* :func:`kip` — Kernel Inducing Points (Nguyen et al. 2021);
+* :func:`closed_form_distill` — exact closed-form KRR distillation (Chen et al. 2024);
+* :mod:`jdd.distill.multi_index`, :mod:`jdd.distill.dbn_merge`, :mod:`jdd.distill.pinn_points` —
+  the seed papers' own experiments.
+"""
 
 from jdd.distill.core import (BilevelState, Distiller, RunResult, Synthetic, bilevel, distill,
-                              init_per_class,
-                              num_params, sample_rows, scan_steps, seed_keys)
+                              init_per_class, num_params, sample_rows, scan_steps, seed_keys)
+from jdd.distill.kip import KipState, kip
+from jdd.distill.krr_closed_form import (ClosedFormResult, DPConfig, closed_form_distill,
+                                         fit_ridge, select_lambda)
+from jdd.distill.unrolled import unrolled
 
-__all__ = ["BilevelState", "Distiller", "RunResult", "Synthetic", "bilevel", "distill", "init_per_class",
-           "num_params", "sample_rows", "scan_steps", "seed_keys"]
+__all__ = ["BilevelState", "ClosedFormResult", "DPConfig", "Distiller", "KipState", "RunResult",
+           "Synthetic", "bilevel", "closed_form_distill", "distill", "fit_ridge",
+           "init_per_class", "kip", "num_params", "sample_rows", "scan_steps", "seed_keys",
+           "select_lambda", "unrolled"]
