@@ -125,6 +125,12 @@ def run_r(r: int, cfg: dict, seed: int = 0) -> dict:
     byN = []
     by_n_jit = jax.jit(jax.vmap(by_n))
     for N in cfg["N_list"]:
+        if N == cfg["N"]:
+            # Already measured in the J = J* row. (Re-running this vmapped computation at
+            # N = N* = 1e5 hung XLA:CPU in a futex wait twice on the shared machine; reuse it.)
+            last = byJ[-1]
+            byN.append(dict(N=N, mse_real=last["mse_real"], mse_distilled=last["mse_distilled"]))
+            continue
         mr, md, mrf = by_n_jit(p0, xs, ys, xJ, yJ, tr2.x[:, :N], tr2.y[:, :N], test.x, test.y)
         byN.append(dict(N=N, mse_real=np.asarray(mr), mse_distilled=np.asarray(md),
                         mse_random_features=np.asarray(mrf)))
@@ -235,6 +241,9 @@ def plot(results: dict, out_dir: str) -> list[str]:
         ns = [row["N"] for row in run["by_N"]]
         band(axes[0], ns, run["by_N"], "mse_real", f"real, r={r}")
         band(axes[0], ns, run["by_N"], "mse_distilled", f"distilled, r={r}", ls="--")
+        rows = [row for row in run["by_N"] if "mse_random_features" in row]
+        band(axes[0], [row["N"] for row in rows], rows, "mse_random_features",
+             f"random features, r={r}", ls=":")
         js = [row["J"] for row in run["by_J"]]
         band(axes[1], js, run["by_J"], "mse_real", f"real, r={r}")
         band(axes[1], js, run["by_J"], "mse_distilled", f"distilled, r={r}", ls="--")
@@ -299,9 +308,28 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     runs = []
     for r in cfg["rs"]:
+        # Each r is cached in <json>.r<r>.partial (keyed by the settings), so an interrupted run
+        # resumes where it stopped instead of starting over.
+        part = f"{path}.r{r}.partial"
+        cached = None
+        if os.path.exists(part):
+            with open(part) as f:
+                cached = json.load(f)
+            if cached.get("settings") != _jsonable(cfg):
+                cached = None
+        if cached is not None:
+            print(f"r = {r}: reusing {part}", flush=True)
+            runs.append(cached["run"])
+            continue
         print(f"r = {r}", flush=True)
-        runs.append(_jsonable(run_r(r, cfg)))
-    seconds = time.perf_counter() - t0
+        t_r = time.perf_counter()
+        run = _jsonable(run_r(r, cfg))
+        run["seconds"] = time.perf_counter() - t_r
+        runs.append(run)
+        os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
+        with open(part, "w") as f:
+            json.dump({"settings": _jsonable(cfg), "run": run}, f)
+    seconds = sum(run["seconds"] for run in runs)
 
     import flax
     results = dict(benchmark="multi_index", quick=args.quick, device="CPU (2 cores)",
@@ -324,17 +352,22 @@ def main(argv=None) -> dict:
               f" {mem['d1_points']:>5} {mem['d2_points']:>5} {mem['total']:>7} {mem['r2d_plus_L']:>7}"
               f" {mem['real']:>12} {100 * mem['fraction_of_real']:>8.2f}%")
         run["summary"] = dict(mse_ratio=ratio)
-    print(f"total {seconds:.0f}s")
+    print(f"total {seconds:.0f}s (sum over r of the compute time)")
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(results, f, indent=1)
     os.replace(tmp, path)
+    for r in cfg["rs"]:
+        if os.path.exists(f"{path}.r{r}.partial"):
+            os.remove(f"{path}.r{r}.partial")
     figs = plot(results, os.path.dirname(os.path.abspath(path)))
     print("wrote", path, *figs)
     return results
 
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.dump_traceback_later(900, exit=False)   # a stack dump if a step ever hangs
     main()
