@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-models", type=int, default=10, help="fresh models per evaluated set")
     e.add_argument("--seed", type=int, default=1, help="evaluation random seed")
     e.add_argument("--learner", default=None, choices=("network", "krr"),
-                   help="learner kind (default: the run's)")
+                   help="learner kind (default: the run's). A network trained on a kip or "
+                        "krr-closed-form set uses squared error on its targets (200 Adam steps "
+                        "unless --inner-steps)")
     _add_learner_args(e, defaults=False)
     e.add_argument("--kernel", default=None, help="krr learner kernel (default: the run's)")
     e.add_argument("--reg", type=float, default=None, help="krr regulariser")
@@ -531,6 +533,10 @@ def cmd_evaluate(a) -> int:
         model = _model(ns, train.num_classes)
         base = {k: saved[k] for k in TrainConfig._fields if k in saved}
         cfg = TrainConfig(**base) if base else TrainConfig(steps=20)
+        if saved.get("kind") != "network":
+            # kernel-method sets carry regression targets, not class probabilities: train the
+            # finite network on them with squared error (as KIP does), for longer.
+            cfg = TrainConfig(steps=200, optimizer="adam", loss="mse")
         cfg = cfg._replace(steps=a.inner_steps or cfg.steps,
                            optimizer=a.inner_optimizer or cfg.optimizer, memory="unroll")
         lr_default = a.inner_lr or saved.get("lr_default", 0.01)

@@ -140,10 +140,10 @@ def load_cifar10(data_dir: str | os.PathLike) -> tuple[Dataset, Dataset]:
         DataError: missing folder or files, corrupt or truncated pickles, wrong shapes, labels
             out of range.
 
-    Example:
-        >>> train, test = load_cifar10("~/data")  # doctest: +SKIP
-        >>> train.feature_shape, train.num_classes  # doctest: +SKIP
-        ((32, 32, 3), 10)
+    Example (reads files you already have)::
+
+            train, test = load_cifar10("~/data")
+            train.feature_shape, train.num_classes
     """
     files = CIFAR10_TRAIN + (CIFAR10_TEST,)
     folder = _resolve(data_dir, CIFAR10_DIR, files, "CIFAR-10", "cifar-10-python.tar.gz")
@@ -170,10 +170,10 @@ def load_cifar100(data_dir: str | os.PathLike, label_mode: str = "fine") -> tupl
         DataError: bad ``label_mode``, missing folder or files, corrupt pickles, wrong shapes,
             labels out of range.
 
-    Example:
-        >>> train, test = load_cifar100("~/data", label_mode="coarse")  # doctest: +SKIP
-        >>> train.num_classes  # doctest: +SKIP
-        20
+    Example (reads files you already have)::
+
+            train, test = load_cifar100("~/data", label_mode="coarse")
+            train.num_classes
     """
     if label_mode not in ("fine", "coarse"):
         raise DataError(f"CIFAR-100: label_mode must be 'fine' or 'coarse'; got {label_mode!r}.")

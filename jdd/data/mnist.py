@@ -117,8 +117,9 @@ def read_idx(path: str, *, ndim: int) -> np.ndarray:
         DataError: unreadable file, bad magic number, wrong number of dims, or a length that does
             not match the header (truncated or padded file).
 
-    Example:
-        >>> labels = read_idx("train-labels-idx1-ubyte.gz", ndim=1)  # doctest: +SKIP
+    Example (reads files you already have)::
+
+            labels = read_idx("train-labels-idx1-ubyte.gz", ndim=1)
     """
     raw = _read_bytes(path)
     head = 4 + 4 * ndim
@@ -162,10 +163,10 @@ def load_mnist(data_dir: str | os.PathLike, *, fashion: bool = False) -> tuple[D
         DataError: missing folder or files, bad magic numbers, truncated files, image and label
             counts that disagree, labels >= 10.
 
-    Example:
-        >>> train, test = load_mnist("~/data")  # doctest: +SKIP
-        >>> train.feature_shape  # doctest: +SKIP
-        (28, 28, 1)
+    Example (reads files you already have)::
+
+            train, test = load_mnist("~/data")
+            train.feature_shape
     """
     name = "fashion_mnist" if fashion else "mnist"
     paths = find_mnist_files(data_dir, fashion=fashion)
