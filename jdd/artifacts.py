@@ -194,12 +194,7 @@ def save_image_grid(path: str | os.PathLike, images, labels=None, *, title: str 
                 ax.set_title(str(int(labels[i])), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
+    _save_figure(fig, path, dpi=80)
 
 
 def save_curve(path: str | os.PathLike, steps, values, *, ylabel: str = "loss",
@@ -220,9 +215,16 @@ def save_curve(path: str | os.PathLike, steps, values, *, ylabel: str = "loss",
         ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
+    _save_figure(fig, path, dpi=90)
+
+
+def _save_figure(fig, path, dpi: int) -> None:
+    """Render a matplotlib figure to PNG in memory, close it, then write it atomically."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())

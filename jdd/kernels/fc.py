@@ -182,6 +182,17 @@ def _check_common(depth: int, activation: str, kind: str) -> ActivationMap:
     return activation_map(activation)
 
 
+def flat_pair(x1, x2):
+    """Resolve ``x2=None`` to ``x1``, flatten rows, and check the feature counts agree."""
+    x1, x2 = _as_pair(x1, x2)
+    x1 = x1.reshape(x1.shape[0], -1)
+    x2 = x2.reshape(x2.shape[0], -1)
+    if x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"kernel_fn: x1 rows have {x1.shape[1]} features but x2 rows have "
+                         f"{x2.shape[1]}; they must match.")
+    return x1, x2
+
+
 def _as_pair(x1, x2):
     x1 = jnp.asarray(x1)
     x2 = x1 if x2 is None else jnp.asarray(x2)
@@ -222,12 +233,7 @@ def fc_kernel(depth: int = 1, activation: str = "relu", w_std: float = 1.0, b_st
 
     def kernel_fn(x1, x2=None):
         symmetric = x2 is None or x2 is x1
-        x1, x2 = _as_pair(x1, x2)
-        x1 = x1.reshape(x1.shape[0], -1)
-        x2 = x2.reshape(x2.shape[0], -1)
-        if x1.shape[1] != x2.shape[1]:
-            raise ValueError(f"kernel_fn: x1 rows have {x1.shape[1]} features but x2 rows have "
-                             f"{x2.shape[1]}; they must match.")
+        x1, x2 = flat_pair(x1, x2)
         inv_d = 1.0 / x1.shape[1]
         k12 = (x1 @ x2.T) * inv_d
         v1 = jnp.sum(x1 * x1, axis=1) * inv_d

@@ -7,19 +7,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jdd.kernels.fc import _as_pair
+from jdd.kernels.fc import flat_pair
 
 KernelFn = Callable[..., jax.Array]
 
 
-def _flat_pair(x1, x2):
-    x1, x2 = _as_pair(x1, x2)
-    x1 = x1.reshape(x1.shape[0], -1)
-    x2 = x2.reshape(x2.shape[0], -1)
-    if x1.shape[1] != x2.shape[1]:
-        raise ValueError(f"kernel_fn: x1 rows have {x1.shape[1]} features but x2 rows have "
-                         f"{x2.shape[1]}; they must match.")
-    return x1, x2
 
 
 def linear_kernel(scale: float = 1.0, bias: float = 0.0, normalize: bool = False) -> KernelFn:
@@ -40,7 +32,7 @@ def linear_kernel(scale: float = 1.0, bias: float = 0.0, normalize: bool = False
     """
 
     def kernel_fn(x1, x2=None):
-        x1, x2 = _flat_pair(x1, x2)
+        x1, x2 = flat_pair(x1, x2)
         k = x1 @ x2.T
         if normalize:
             k = k / x1.shape[1]
@@ -71,7 +63,7 @@ def rbf_kernel(gamma: float | None = None, lengthscale: float | None = None) -> 
         gamma = 1.0 / (2.0 * float(lengthscale) ** 2)
 
     def kernel_fn(x1, x2=None):
-        x1, x2 = _flat_pair(x1, x2)
+        x1, x2 = flat_pair(x1, x2)
         g = 1.0 / x1.shape[1] if gamma is None else gamma
         sq = (jnp.sum(x1 * x1, 1)[:, None] + jnp.sum(x2 * x2, 1)[None, :] - 2.0 * (x1 @ x2.T))
         return jnp.exp(-g * jnp.maximum(sq, 0.0))
