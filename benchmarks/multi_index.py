@@ -28,10 +28,10 @@ import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -90,7 +90,11 @@ def run_r(r: int, cfg: dict, seed: int = 0) -> dict:
 
     m1 = max(cfg["d1_factor"] * r * r, cfg["d1_min"])
     d1_jit = jax.jit(jax.vmap(distill_d1, in_axes=(0, 0, 0, None)), static_argnums=3)
-    eval_jit = jax.jit(jax.vmap(evaluate))
+    # The evaluation functions run op by op (vmapped, not jitted): on this 2-core CPU, XLA:CPU
+    # (jax 0.10) deadlocked in a futex wait on jitted vmapped programs holding several independent
+    # LAPACK solves (reproduced with phase-2 ridge + the lstsq of D2^S over 5 seeds). Op-by-op
+    # dispatch runs one solve at a time; the arrays are large, so little speed is lost.
+    eval_jit = jax.vmap(evaluate)
     k_d1 = jax.random.split(jax.random.key(7 + r), cfg["seeds"])
     k_d2 = jax.random.split(jax.random.key(11 + r), cfg["seeds"])
 
@@ -123,7 +127,7 @@ def run_r(r: int, cfg: dict, seed: int = 0) -> dict:
             net.mse(net.phase2(p0, xN, yN), xt, yt)
 
     byN = []
-    by_n_jit = jax.jit(jax.vmap(by_n))
+    by_n_jit = jax.vmap(by_n)
     for N in cfg["N_list"]:
         if N == cfg["N"]:
             # Already measured in the J = J* row. (Re-running this vmapped computation at
@@ -165,7 +169,7 @@ def run_r(r: int, cfg: dict, seed: int = 0) -> dict:
                 rf = net.phase2(p0, x, y)
                 return net.mse(pre, xt, yt), net.mse(scratch, xt, yt), net.mse(rf, xt, yt)
 
-            mp, ms, mrf = jax.jit(jax.vmap(tr))(p0, xs, ys, tgt.x[:, :n], tgt.y[:, :n],
+            mp, ms, mrf = jax.vmap(tr)(p0, xs, ys, tgt.x[:, :n], tgt.y[:, :n],
                                                 tgt_test.x, tgt_test.y)
             rows.append(dict(n=n, mse_pretrained=np.asarray(mp), mse_scratch=np.asarray(ms),
                              mse_random_features=np.asarray(mrf)))
@@ -184,7 +188,9 @@ def run_r(r: int, cfg: dict, seed: int = 0) -> dict:
         cp = reconstruction(net, s1, a_star, xk, yk, xt, yt)
         return rc, cp
 
-    recon_jit = jax.jit(jax.vmap(recon, in_axes=(0,) * 8 + (None,)), static_argnums=8)
+    def recon_jit(*args):
+        m = args[-1]
+        return jax.vmap(lambda *a: recon(*a, m))(*args[:-1])
     rows = []
     for m in cfg["d2_sizes"]:
         rc, cp = recon_jit(k_d2, p0, xs, ys, tr2.x, tr2.y, test.x, test.y, m)
@@ -301,6 +307,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings (~2 min)")
     ap.add_argument("--json", default=None, help="output JSON path")
+    ap.add_argument("--r", type=int, action="append", default=None,
+                    help="compute only these r (repeatable); results are cached and the JSON and "
+                         "figures are written once every r of the settings is cached")
     args = ap.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     path = args.json or os.path.join(here, "results", "multi_index.json")
@@ -321,6 +330,9 @@ def main(argv=None) -> dict:
             print(f"r = {r}: reusing {part}", flush=True)
             runs.append(cached["run"])
             continue
+        if args.r is not None and r not in args.r:
+            print(f"r = {r}: skipped (--r); run it to complete the results", flush=True)
+            continue
         print(f"r = {r}", flush=True)
         t_r = time.perf_counter()
         run = _jsonable(run_r(r, cfg))
@@ -329,6 +341,8 @@ def main(argv=None) -> dict:
         os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
         with open(part, "w") as f:
             json.dump({"settings": _jsonable(cfg), "run": run}, f)
+    if len(runs) < len(cfg["rs"]):
+        return {}
     seconds = sum(run["seconds"] for run in runs)
 
     import flax
@@ -368,6 +382,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    import faulthandler
-    faulthandler.dump_traceback_later(900, exit=False)   # a stack dump if a step ever hangs
     main()
