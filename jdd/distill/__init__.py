@@ -13,9 +13,12 @@ from jdd.distill.core import (BilevelState, Distiller, RunResult, Synthetic, bil
 from jdd.distill.kip import KipState, kip
 from jdd.distill.krr_closed_form import (ClosedFormResult, DPConfig, closed_form_distill,
                                          fit_ridge, select_lambda)
+from jdd.distill.multi_index import (d1_gradient_matching, d2_compact, d2_rank_certify,
+                                     reconstruction, two_phase)
 from jdd.distill.unrolled import unrolled
 
 __all__ = ["BilevelState", "ClosedFormResult", "DPConfig", "Distiller", "KipState", "RunResult",
            "Synthetic", "bilevel", "closed_form_distill", "distill", "fit_ridge",
-           "init_per_class", "kip", "num_params", "sample_rows", "scan_steps", "seed_keys",
-           "select_lambda", "unrolled"]
+           "d1_gradient_matching", "d2_compact", "d2_rank_certify", "init_per_class", "kip",
+           "num_params", "sample_rows", "scan_steps", "seed_keys",
+           "reconstruction", "select_lambda", "two_phase", "unrolled"]
