@@ -31,7 +31,6 @@ class CLIError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from jdd.data import DATASETS
-    from jdd.models import MODELS
 
     p = argparse.ArgumentParser(
         prog="jdd", description="Dataset distillation in JAX.",
@@ -117,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="print nothing")
 
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
-    _ = MODELS
     return p
 
 
@@ -439,9 +437,8 @@ def cmd_distill(a) -> int:
         result = _pool(per_seed)
         rand = evaluate_random_subset(run.learner, jax.random.fold_in(ekey, 1 << 20), train, test,
                                       a.ipc, a.n_models).to_dict()
-        full = (run.extra.pop("full_data_eval", None)
-                or evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), train,
-                                      test, a.n_models).to_dict())
+        full = evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), train, test,
+                                  a.n_models).to_dict()
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -487,7 +484,6 @@ def _save_pictures(out, x, y, pre, run, feature_shape, method, save_image_grid, 
 
 def cmd_evaluate(a) -> int:
     import jax
-    import numpy as np
     from jdd.artifacts import load_distilled, write_json
     from jdd.data import DataError, load_dataset
     from jdd.evaluate import (evaluate_full_data, evaluate_random_subset, evaluate_set,
@@ -564,7 +560,6 @@ def cmd_evaluate(a) -> int:
     if not a.quiet:
         print(results_table(rows))
         print(f"wrote {path}")
-    _ = np
     return 0
 
 

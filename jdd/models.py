@@ -64,23 +64,6 @@ class MLP(nn.Module):
         return nn.Dense(self.num_outputs)(x)
 
 
-class TwoLayer(nn.Module):
-    """The two-layer network of the theory papers: one hidden layer of ``width`` units.
-
-    ``__call__(x)``: x (n, ...) -> (n, num_outputs).
-    """
-
-    width: int = 128
-    num_outputs: int = 10
-    activation: Any = "relu"
-
-    @nn.compact
-    def __call__(self, x):
-        act = activation(self.activation)
-        x = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.num_outputs)(act(nn.Dense(self.width)(x)))
-
-
 class ConvNet(nn.Module):
     """The DD ConvNet (Gidaris & Komodakis; used by DC, DSA, DM, MTT, FRePo evaluations).
 
@@ -152,7 +135,8 @@ def make_model(name: str, num_outputs: int, **kwargs) -> Model:
     """Build one of the literature's models by name.
 
     Args:
-        name: ``"mlp"``, ``"convnet"`` or ``"two_layer"``.
+        name: ``"mlp"``, ``"convnet"`` or ``"two_layer"`` (an MLP with one hidden layer of
+            ``width`` units).
         num_outputs: number of classes.
         **kwargs: module attributes (``hidden=(128,)``, ``width=128``, ``depth=3``, ``norm=...``,
             ``activation=...``).
@@ -167,9 +151,12 @@ def make_model(name: str, num_outputs: int, **kwargs) -> Model:
         >>> m.apply(p, jnp.zeros((5, 8, 8, 1))).shape
         (5, 10)
     """
-    classes = {"mlp": MLP, "convnet": ConvNet, "two_layer": TwoLayer}
-    if name not in classes:
+    if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}.")
-    module = classes[name](num_outputs=num_outputs, **kwargs)
+    if name == "two_layer":  # the theory papers' network: an MLP with one hidden layer
+        kw = dict(kwargs)
+        module = MLP(hidden=(kw.pop("width", 128),), num_outputs=num_outputs, **kw)
+    else:
+        module = {"mlp": MLP, "convnet": ConvNet}[name](num_outputs=num_outputs, **kwargs)
     desc = name + "(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"
     return from_module(module, desc)

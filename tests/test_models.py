@@ -26,10 +26,15 @@ def test_shapes_and_purity(name, kw, shape):
 
 
 def test_convnet_instance_norm_normalises_each_image_and_channel():
-    import flax.linen as nn
-    gn = nn.GroupNorm(num_groups=None, group_size=1, use_bias=False, use_scale=False)
-    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)) * 5 + 2
-    y = gn.apply({}, x)
+    # the ConvNet's own norm layer, read out of a forward pass: per image and channel, zero mean
+    # and unit std over space (instance norm), never statistics across the batch
+    m = make_model("convnet", 3, width=4, depth=1, pooling="none")
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 1)) * 5 + 2
+    p = m.init(jax.random.key(1), x)
+    from jdd.models import ConvNet
+    _, inter = ConvNet(width=4, depth=1, pooling="none", num_outputs=3).apply(
+        {"params": p}, x, capture_intermediates=True)
+    y = inter["intermediates"]["GroupNorm_0"]["__call__"][0]
     np.testing.assert_allclose(y.mean(axis=(1, 2)), 0, atol=1e-5)
     np.testing.assert_allclose(y.std(axis=(1, 2)), 1, atol=1e-3)
 
