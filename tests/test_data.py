@@ -13,7 +13,7 @@ import pytest
 
 from jdd.data import (DATASETS, DataError, Dataset, check_ipc, load_cifar10, load_cifar100,
                       load_dataset, load_digits, load_mnist, load_npz, sample_per_class,
-                      stratified_split)
+                      stratified_mask, stratified_split)
 from jdd.data.mnist import MNIST_FILES
 
 # ---------------------------------------------------------------- writers for the real formats
@@ -409,6 +409,26 @@ def test_stratified_split(digits):
     np.testing.assert_array_equal(np.sort(np.concatenate([ia, ib])), np.arange(train.n))
     with pytest.raises(ValueError):
         stratified_split(jax.random.key(0), train, 1.0)
+
+
+def test_stratified_mask_counts_match_split_and_jit(digits):
+    train, _ = digits
+    a, b = stratified_split(jax.random.key(0), train, 0.05)
+    m = stratified_mask(jax.random.key(3), train.y, 10, 0.05)
+    # same per-class held-out counts as the host split, every class non-empty on both sides
+    np.testing.assert_array_equal(np.bincount(np.asarray(train.y)[np.asarray(m)], minlength=10),
+                                  b.class_counts())
+    jm = jax.jit(stratified_mask, static_argnums=(2, 3))(jax.random.key(3), train.y, 10, 0.05)
+    np.testing.assert_array_equal(np.asarray(jm), np.asarray(m))
+    other = stratified_mask(jax.random.key(4), train.y, 10, 0.05)
+    assert not np.array_equal(np.asarray(other), np.asarray(m))
+    # rounding per class: 2 * 0.4 -> 1, 1 * 0.4 -> 0, 4 * 0.4 -> 2 (a class of two keeps one
+    # row on each side even at 0.9, like stratified_split)
+    tiny = np.asarray(stratified_mask(jax.random.key(0), np.array([0, 0, 1, 2, 2, 2, 2]), 3, 0.4))
+    assert (tiny[:2].sum(), tiny[2], tiny[3:].sum()) == (1, False, 2)
+    assert int(stratified_mask(jax.random.key(0), np.array([0, 0, 1]), 2, 0.9)[:2].sum()) == 1
+    with pytest.raises(ValueError, match="fraction"):
+        stratified_mask(jax.random.key(0), train.y, 10, 0.0)
 
 
 def test_sample_per_class(digits):

@@ -194,3 +194,20 @@ def test_select_lambda_uses_train_only():
         assert select_lambda(jax.random.key(0), fm, train) == lam
         # a grid where one value is absurd: the huge ridge predicts nothing and is never chosen
         assert select_lambda(jax.random.key(0), fm, train, grid=(1e-2, 1e12)) == 1e-2
+        # jittable: the traced choice is the same grid value
+        jitted = jax.jit(lambda key, ds: select_lambda(key, fm, ds))(jax.random.key(0), train)
+        assert float(jitted) == pytest.approx(lam, rel=1e-12)
+
+
+def test_select_lambda_prefers_ridge_on_noisy_features():
+    # Few rows, many noise features: least squares interpolates the training rows and fails on
+    # held-out ones, so a clearly positive ridge must win on validation.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        n, d = 60, 50
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, d)) + 0.8 * (2 * y[:, None] - 1) * (np.arange(d) < 3)
+        train = Dataset(x=jnp.asarray(x), y=jnp.asarray(y, jnp.int32), num_classes=2, name="t")
+        fm = feature_map("linear", jax.random.key(0), d)
+        lam = select_lambda(jax.random.key(1), fm, train, val_fraction=0.3)
+        assert lam >= 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from jdd.data.dataset import (DataError, Dataset, check_arrays, check_ipc, per_class_indices,
-                              sample_per_class, stratified_split)
+                              sample_per_class, stratified_mask, stratified_split)
 from jdd.data.cifar import load_cifar10, load_cifar100
 from jdd.data.digits import load_digits
 from jdd.data.mnist import load_mnist
@@ -54,4 +54,4 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
 __all__ = ["DATASETS", "DataError", "Dataset", "Preprocessor", "check_arrays", "check_ipc",
            "data_dir_or_env", "fit_preprocessor", "load_cifar10", "load_cifar100", "load_dataset",
            "load_digits", "load_mnist", "load_npz", "per_class_indices", "preprocess",
-           "sample_per_class", "stratified_split"]
+           "sample_per_class", "stratified_mask", "stratified_split"]

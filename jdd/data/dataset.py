@@ -147,6 +147,44 @@ def stratified_split(key: jax.Array, ds: Dataset, fraction: float,
             ds.replace(x=ds.x[second], y=ds.y[second], name=n2))
 
 
+def stratified_mask(key: jax.Array, y: jax.Array, num_classes: int, fraction: float) -> jax.Array:
+    """(n,) bool mask of a stratified held-out part, jittable (the in-jit form of a split).
+
+    Per class ``c`` with ``n_c`` examples, ``round(fraction * n_c)`` uniformly random rows are
+    marked (clipped to ``[1, n_c - 1]`` when ``n_c >= 2``), the same counts as
+    :func:`stratified_split`. Shapes are static, so it runs under ``jax.jit``/``jax.vmap``; use
+    the mask as row weights (e.g. zero the held-out rows of a least-squares problem).
+
+    Args:
+        key: PRNG key.
+        y: (n,) integer labels in ``[0, num_classes)``.
+        num_classes: number of classes (static).
+        fraction: fraction of each class to mark, in (0, 1).
+
+    Returns:
+        (n,) bool, True for the held-out rows.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> m = stratified_mask(jax.random.key(0), jnp.array([0, 0, 0, 0, 1, 1]), 2, 0.5)
+        >>> [int(m[:4].sum()), int(m[4:].sum())]
+        [2, 1]
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}.")
+    y = jnp.asarray(y)
+    n = y.shape[0]
+    u = jax.random.uniform(key, (n,))
+    order = jnp.lexsort((u, y))                       # class-major, random order inside a class
+    y_sorted = y[order]
+    counts = jnp.bincount(y, length=num_classes)
+    first = jnp.cumsum(counts) - counts               # index of each class's first sorted row
+    rank = jnp.arange(n) - first[y_sorted]            # position inside its class
+    held = jnp.round(fraction * counts).astype(counts.dtype)
+    held = jnp.where(counts >= 2, jnp.clip(held, 1, counts - 1), held)
+    return jnp.zeros((n,), bool).at[order].set(rank < held[y_sorted])
+
+
 def sample_per_class(key: jax.Array, ds: Dataset, ipc: int) -> Dataset:
     """Draw ``ipc`` distinct examples of every class (the random-subset baseline / real init).
 

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdd.data.dataset import Dataset, check_ipc, stratified_split
+from jdd.data.dataset import Dataset, check_ipc, stratified_mask
 from jdd.distill.core import Synthetic
 
 PRNGKey = jax.Array
@@ -115,13 +115,16 @@ def accuracy(w, phi, y):
 
 
 def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GRID, *,
-                  val_fraction: float = 0.05) -> float:
+                  val_fraction: float = 0.05):
     """Choose the ridge ``lam`` on a stratified validation split of the TRAINING data.
 
-    Splits ``train`` 95/5 (``val_fraction``), fits :func:`fit_ridge` on the first part for every
-    ``lam`` in ``grid`` (one SVD shared by the whole grid) and returns the ``lam`` with the best
-    validation accuracy, ties broken by the lower validation squared error. The test set is never
-    seen. Host-side (the split is).
+    Holds out ``val_fraction`` of every class (:func:`jdd.data.stratified_mask`), fits
+    :func:`fit_ridge` on the rest for every ``lam`` in ``grid`` (one SVD shared by the whole
+    grid; held-out rows are zeroed rather than removed, so shapes are static) and returns the
+    ``lam`` with the best validation accuracy, ties broken by the lower validation squared error.
+    The test set is never seen. Jittable: under ``jax.jit`` it returns the chosen value as a
+    traced scalar, so ridge selection, the fit of ``W`` and :func:`closed_form_distill` compile
+    into one program.
 
     Args:
         key: PRNG key for the split.
@@ -131,7 +134,8 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
         val_fraction: fraction of each class held out.
 
     Returns:
-        The chosen ``lam`` as a Python float.
+        The chosen ``lam``: a Python float (an element of ``grid``) on concrete inputs, a ()
+        array of the data's dtype under a transformation.
 
     Example:
         >>> import jax
@@ -139,30 +143,34 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
         >>> from jdd.kernels.features import linear_features
         >>> train, _ = load_digits()
         >>> lam = select_lambda(jax.random.key(0), linear_features(64), train)
+        >>> lam in DEFAULT_LAMBDA_GRID
+        True
     """
-    tr, va = stratified_split(key, train, val_fraction)
-    phi_tr = features.phi(tr.x)
-    phi_va = features.phi(va.x)
-    y_tr = jax.nn.one_hot(tr.y, train.num_classes, dtype=phi_tr.dtype)
-    y_va = jax.nn.one_hot(va.y, train.num_classes, dtype=phi_tr.dtype)
-    lams = jnp.asarray(grid, phi_tr.dtype)
-    acc, mse = jax.device_get(_grid_scores(phi_tr, y_tr, phi_va, y_va, va.y, lams))
-    best = np.lexsort((mse, -acc))[0]
-    return float(np.asarray(grid, np.float64)[best])
+    phi = features.phi(jnp.asarray(train.x))
+    held = stratified_mask(key, train.y, train.num_classes, val_fraction)
+    y = jax.nn.one_hot(train.y, train.num_classes, dtype=phi.dtype)
+    best = _best_ridge(phi, y, train.y, held, jnp.asarray(grid, phi.dtype))
+    if _concrete(best):
+        return float(np.asarray(grid, np.float64)[int(best)])
+    return jnp.asarray(grid, phi.dtype)[best]
 
 
-@jax.jit
-def _grid_scores(phi_tr, y_tr, phi_va, y_va, yint, lams):
-    """(validation accuracy, validation MSE) for every ridge in ``lams``, one shared SVD."""
-    u, s, vt = jnp.linalg.svd(phi_tr, full_matrices=False)
-    uty = u.T @ y_tr
+def _best_ridge(phi, y, labels, held, lams):
+    """() index into ``lams`` of the best ridge on the ``held`` rows (fit on the others)."""
+    keep = (~held).astype(phi.dtype)[:, None]
+    w_va = held.astype(phi.dtype)
+    n_va = jnp.sum(w_va)
+    u, s, vt = jnp.linalg.svd(phi * keep, full_matrices=False)
+    uty = u.T @ (y * keep)
 
     def one(lam):
-        w = (uty.T * _filter_factors(s, lam)) @ vt
-        pred = predict(w, phi_va)
-        return jnp.mean(jnp.argmax(pred, -1) == yint), jnp.mean((pred - y_va) ** 2)
+        pred = predict((uty.T * _filter_factors(s, lam)) @ vt, phi)
+        acc = jnp.sum(w_va * (jnp.argmax(pred, -1) == labels)) / n_va
+        mse = jnp.sum(w_va[:, None] * (pred - y) ** 2) / (n_va * y.shape[1])
+        return acc, mse
 
-    return jax.vmap(one)(lams)
+    acc, mse = jax.vmap(one)(lams)
+    return jnp.lexsort((mse, -acc))[0]
 
 
 # ----------------------------------------------------------------------------------------------
