@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jdd.kernels import (activation_map, blocked, conv_kernel, empirical_ntk, fc_kernel,
-                         krr_accuracy, krr_predict, krr_solve, linear_kernel, rbf_kernel)
+                         krr_accuracy, krr_predict, krr_predict_path, krr_solve, linear_kernel,
+                         rbf_kernel)
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "nt_kernels.npz")
 
@@ -304,3 +305,19 @@ def test_krr_predict_interpolates_and_classifies():
     assert float(acc) == 1.0
     shrunk = jax.jit(krr_predict, static_argnums=0)(linear_kernel(), x, y, x, 1e6)
     assert float(jnp.max(jnp.abs(shrunk))) < 1e-3
+
+
+def test_krr_predict_path_equals_one_solve_per_ridge():
+    rng = np.random.default_rng(3)
+    xs, xt = rng.normal(size=(9, 5)), rng.normal(size=(4, 5))
+    ys = rng.normal(size=(9, 3))
+    regs = [1e-4, 1e-2, 1.0, 100.0]
+    kfn = fc_kernel(2)
+    with jax.enable_x64(True):
+        k_ss, k_ts = kfn(jnp.asarray(xs), jnp.asarray(xs)), kfn(jnp.asarray(xt), jnp.asarray(xs))
+        path = jax.jit(krr_predict_path)(k_ts, k_ss, jnp.asarray(ys), jnp.asarray(regs))
+        assert path.shape == (4, 4, 3) and path.dtype == jnp.float64
+        for i, r in enumerate(regs):  # numpy reference, independent of jdd's Cholesky path
+            k = np.asarray(k_ss)
+            ref = np.asarray(k_ts) @ np.linalg.solve(k + r * np.trace(k) / 9 * np.eye(9), ys)
+            np.testing.assert_allclose(np.asarray(path[i]), ref, rtol=1e-8, atol=1e-10)

@@ -13,11 +13,11 @@ from jdd.kernels.empirical import empirical_ntk
 from jdd.kernels.fc import ActivationMap, activation_map, fc_kernel
 from jdd.kernels.features import (FeatureMap, fcnn_features, feature_map, linear_features,
                                   rff_features)
-from jdd.kernels.krr import (krr_accuracy, krr_predict, krr_predict_from_kernels, krr_solve,
-                             regularize)
+from jdd.kernels.krr import (krr_accuracy, krr_predict, krr_predict_from_kernels,
+                             krr_predict_path, krr_solve, regularize)
 from jdd.kernels.simple import linear_kernel, rbf_kernel
 
 __all__ = ["ActivationMap", "FeatureMap", "activation_map", "blocked", "conv_kernel",
            "empirical_ntk", "fc_kernel", "fcnn_features", "feature_map", "krr_accuracy",
-           "krr_predict", "krr_predict_from_kernels", "krr_solve", "linear_features",
+           "krr_predict", "krr_predict_from_kernels", "krr_predict_path", "krr_solve", "linear_features",
            "linear_kernel", "rbf_kernel", "regularize", "rff_features"]

@@ -14,7 +14,7 @@ separate environment from jdd (see ``tests/fixtures/make_nt_fixture.py``).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,42 @@ def krr_predict_from_kernels(k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array,
         (n, k) predictions ``K_ts (K_ss + reg tr(K_ss)/m I)^{-1} y_s``.
     """
     return k_ts @ krr_solve(k_ss, y_s, reg)
+
+
+def krr_predict_path(k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array,
+                     regs: Sequence[float] | jax.Array) -> jax.Array:
+    """KRR predictions for a whole grid of relative ridges from ONE eigendecomposition.
+
+    ``K_ss = V diag(e) V^T`` once, then for every ``reg``:
+    ``pred = K_ts V diag(1 / (e + reg tr(K_ss)/m)) V^T y_s``, the same model as
+    :func:`krr_predict_from_kernels` (to rounding). Choosing the ridge on validation data costs one
+    ``eigh`` instead of one Cholesky per candidate, and the program holds a single LAPACK call
+    (XLA:CPU has been seen to hang on jitted, vmapped programs holding several).
+
+    Args:
+        k_ts: (n, m) query-support kernel.
+        k_ss: (m, m) support kernel (symmetric PSD).
+        y_s: (m, k) support targets.
+        regs: (r,) relative ridges, each > 0 (a zero ridge needs the Cholesky path).
+
+    Returns:
+        (r, n, k) predictions, one slice per ridge.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> k = jnp.array([[2.0, 1.0], [1.0, 2.0]]); y = jnp.eye(2)
+        >>> p = krr_predict_path(k, k, y, [1e-3, 1.0])
+        >>> bool(jnp.allclose(p[1], krr_predict_from_kernels(k, k, y, 1.0), atol=1e-6))
+        True
+    """
+    dtype = jnp.result_type(k_ss.dtype, k_ts.dtype, jnp.asarray(y_s).dtype)
+    k_ss = 0.5 * (k_ss + k_ss.T).astype(dtype)
+    e, v = jnp.linalg.eigh(k_ss)
+    e = jnp.maximum(e, 0.0)
+    ridge = jnp.asarray(regs, dtype) * jnp.trace(k_ss) / k_ss.shape[0]            # (r,)
+    vty = v.T @ jnp.asarray(y_s, dtype)                                            # (m, k)
+    kv = k_ts.astype(dtype) @ v                                                    # (n, m)
+    return jnp.einsum("nm,rm,mk->rnk", kv, 1.0 / (e[None, :] + ridge[:, None]), vty)
 
 
 def krr_predict(kernel_fn: KernelFn, x_support: jax.Array, y_support: jax.Array,
