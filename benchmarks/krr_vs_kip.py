@@ -6,13 +6,24 @@ evaluated the same way: kernel ridge regression from the distilled set (``jdd.ke
 with KIP's relative ridge ``reg * tr(K_ss) / m``, reg = 1e-6) on the test split. For the closed form
 that model is exactly the original ridge model (``W_S = W``).
 
-Closed form: seconds for everything it needs (ridge selection on a 95/5 split of train, the fit of
-``W``, the jitted construction including its compilation). KIP (``jdd.distill.kip``; Adam 0.01,
-learned labels, full batch since digits has fewer than the paper's 5000 examples, real init) runs in
-jitted ``lax.scan`` chunks (``jdd.distill.scan_steps``, the chunks ``jdd.distill.distill`` runs);
-after each chunk the clock is stopped to evaluate test accuracy. Reported: KIP's time to first
-reach the closed form's accuracy (within ``--tol`` points) and the speed ratio; if KIP never gets
-there the ratio uses its whole budget and is a lower bound. float32 for both (KIP's working dtype).
+Closed form: everything it needs (ridge selection on a 95/5 stratified split of train, the fit of
+``W``, the construction) compiled into ONE program with ``jax.jit``; timed cold (with compilation)
+and warm (new keys; best of three). KIP (``jdd.distill.kip``; the paper's protocol: Adam 0.01,
+30k iterations, learned labels; full batch since digits has fewer than the paper's 5000
+examples; real init) runs in jitted ``lax.scan`` chunks (``jdd.distill.scan_steps``, the chunks
+``jdd.distill.distill`` runs); after each chunk the clock is stopped to evaluate test accuracy
+(the curve only measures when KIP gets there; nothing is selected from it). Reported:
+
+* speedup protocol: KIP's whole 30k-step run (the paper's Table 4 timing) over the closed
+  form's warm time, with both accuracies side by side (KIP's final accuracy must be within
+  ``--tol`` points of the closed form's for "same accuracy"; the JSON says whether it is);
+* speedup oracle: KIP stopped the FIRST time its test accuracy touches the closed form's minus
+  ``--tol`` points. No real run can stop there (it needs the test set to know when), so this is
+  KIP's best possible case, a lower bound on the real ratio (itself a lower bound when KIP never
+  gets there);
+* speedup cold: both including their compilation (one-off per shape).
+
+float32 for both (KIP's working dtype).
 
 Usage: python benchmarks/krr_vs_kip.py [--quick] [--json PATH]
 """
@@ -35,8 +46,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from jdd.data import Dataset, load_digits  # noqa: E402
 from jdd.distill import scan_steps  # noqa: E402
 from jdd.distill.kip import kip  # noqa: E402
-from jdd.distill.krr_closed_form import (closed_form_distill, fit_ridge,  # noqa: E402
-                                         select_lambda)
+from jdd.distill.krr_closed_form import (SOLVERS, closed_form_distill,  # noqa: E402
+                                         fit_ridge, select_lambda)
 from jdd.kernels import krr_accuracy  # noqa: E402
 from jdd.kernels.features import feature_map  # noqa: E402
 
@@ -61,32 +72,31 @@ def digits_standardised():
     return mk(xtr, train), mk(xte, test)
 
 
-def closed_form_run(fm, train, test, ipc, seed):
-    """Everything the closed form needs (ridge selection, fit of W, construction), timed end to
-    end twice: cold (first call, compilation included) and warm (a second key, compiled)."""
+def closed_form_run(fm, train, test, ipc, seed, solver="svd"):
+    """Everything the closed form needs (ridge selection on a validation split of train, fit of
+    ``W``, construction), compiled into one program and timed end to end twice: cold (first call,
+    compilation included) and warm (new keys, compiled; best of three)."""
     k = train.num_classes
-    cache = {}
 
+    @jax.jit
     def pipeline(key):
         k_lam, k_cf = jax.random.split(key)
-        lam = select_lambda(k_lam, fm, train)
-        W = fit_ridge(fm.phi(train.x), jax.nn.one_hot(train.y, k, dtype=train.x.dtype), lam)
-        if "go" not in cache:
-            cache["go"] = jax.jit(lambda key, lam, W: closed_form_distill(
-                key, fm, train, ipc=ipc, lam=lam, lam_s="auto", W=W))
-        return lam, jax.block_until_ready(cache["go"](k_cf, lam, W))
+        lam = select_lambda(k_lam, fm, train, solver=solver)
+        W = fit_ridge(fm.phi(train.x), jax.nn.one_hot(train.y, k, dtype=train.x.dtype), lam,
+                      solver=solver)
+        return lam, closed_form_distill(k_cf, fm, train, ipc=ipc, lam=lam, lam_s="auto", W=W)
 
     t0 = time.perf_counter()
-    lam, r = pipeline(jax.random.key(seed + 2))
+    lam, r = jax.block_until_ready(pipeline(jax.random.key(seed + 2)))
     cold = time.perf_counter() - t0
     warm = []
     for rep in range(3):                 # the machine is shared: best of three warm runs
         t0 = time.perf_counter()
-        pipeline(jax.random.key(seed + 3 + rep))
+        jax.block_until_ready(pipeline(jax.random.key(seed + 3 + rep)))
         warm.append(time.perf_counter() - t0)
     warm = min(warm)
     acc = float(krr_accuracy(fm.kernel_fn, r.x_s, r.y_s, test.x, test.y, reg=REG))
-    return {"acc": acc, "seconds": cold, "seconds_warm": warm, "lam": lam,
+    return {"acc": acc, "seconds": cold, "seconds_warm": warm, "lam": float(lam),
             "rel_err": float(r.rel_err), "lam_s": float(r.lam_s)}
 
 
@@ -120,7 +130,7 @@ def kip_run(fm, train, test, ipc, steps, chunk, seed, target):
         if reached is None and acc >= target:
             reached = (done, clock, acc)
     return {"steps": steps, "seconds": clock, "compile_s": compile_s,
-            "final_acc": curve[-1][2], "best_acc": max(c[2] for c in curve),
+            "final_acc": curve[-1][2],
             "reached": None if reached is None else {"step": reached[0], "seconds": reached[1],
                                                      "acc": reached[2]},
             "curve": [{"step": s, "seconds": t, "acc": a} for s, t, a in curve]}
@@ -137,13 +147,15 @@ def plot(rows, path):
     for ax, r in zip(axes[0], rows):
         c = r["kip"]["curve"]
         ax.plot([p["seconds"] for p in c], [100 * p["acc"] for p in c], "-o", ms=3, label="KIP")
-        ax.plot([r["closed_form"]["seconds"]], [100 * r["closed_form"]["acc"]], "r*", ms=12,
+        cf = r["closed_form"]
+        ax.plot([cf["svd"]["seconds"]], [100 * cf["svd"]["acc"]], "r*", ms=12,
                 label="closed form (cold)")
-        ax.plot([r["closed_form"]["seconds_warm"]], [100 * r["closed_form"]["acc"]], "gD", ms=8,
-                label="closed form (warm)")
-        ax.axhline(100 * r["closed_form"]["acc"], color="r", lw=0.5, ls=":")
+        for sv, mark in (("svd", "gD"), ("gram", "bs")):
+            ax.plot([cf[sv]["seconds_warm"]], [100 * cf[sv]["acc"]], mark, ms=7,
+                    label=f"closed form, {sv} (warm)")
+        ax.axhline(100 * cf["svd"]["acc"], color="r", lw=0.5, ls=":")
         ax.set_xscale("log")
-        ax.set_xlabel("seconds (CPU; KIP without compilation)")
+        ax.set_xlabel("seconds (KIP without compilation)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"digits, {r['features']} kernel, IPC {r['ipc']}")
         ax.legend(loc="lower right")
@@ -158,13 +170,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="IPC 1, 400 KIP steps")
     ap.add_argument("--json", default=None, help=f"output JSON (default {DEFAULT_JSON})")
     ap.add_argument("--features", default="fcnn", choices=("linear", "rff", "fcnn"))
-    ap.add_argument("--steps", type=int, default=None, help="KIP steps (default 3000, quick 400)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="KIP steps (default 30000, the paper's protocol; quick 400)")
     ap.add_argument("--chunk", type=int, default=None, help="KIP steps between evaluations")
     ap.add_argument("--tol", type=float, default=0.5,
                     help="KIP counts as reaching the closed form within this many points")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    steps = args.steps or (400 if args.quick else 3000)
+    steps = args.steps or (400 if args.quick else 30000)
     chunk = args.chunk or (50 if args.quick else 100)
     ipcs = (1,) if args.quick else (1, 5)
     train, test = digits_standardised()
@@ -172,25 +185,33 @@ def main(argv=None):
     rows = []
     print(f"digits: train {train.n}, test {test.n}, {args.features} features (p={fm.p}), "
           f"float32, {device_string()}; KIP {steps} steps, evaluated every {chunk}")
-    print(f"{'IPC':>4} {'closed acc':>10} {'cold s':>7} {'warm s':>7} {'KIP final':>9} "
-          f"{'KIP best':>8} {'KIP s':>7} {'KIP s to reach':>14} {'speedup warm':>12} "
-          f"{'speedup cold':>12}")
+    print(f"{'IPC':>4} {'solver':>6} {'closed acc':>10} {'cold s':>7} {'warm s':>7} "
+          f"{'KIP final':>9} {'KIP s':>7} {'KIP s oracle':>12} {'speedup protocol':>16} "
+          f"{'speedup oracle':>14} {'speedup cold':>12}")
     for ipc in ipcs:
-        cf = closed_form_run(fm, train, test, ipc, args.seed)
-        target = cf["acc"] - args.tol / 100
+        # both ridge solvers of the closed form, timed in the same run (same lam, same accuracy)
+        by_solver = {sv: closed_form_run(fm, train, test, ipc, args.seed, sv) for sv in SOLVERS}
+        target = by_solver["svd"]["acc"] - args.tol / 100
         kr = kip_run(fm, train, test, ipc, steps, chunk, args.seed, target)
         bound = kr["reached"] is None
         t_kip = kr["seconds"] if bound else kr["reached"]["seconds"]
-        warm, cold = t_kip / cf["seconds_warm"], (t_kip + kr["compile_s"]) / cf["seconds"]
+        for sv, cf in by_solver.items():
+            cf["speedup_oracle"] = t_kip / cf["seconds_warm"]
+            cf["speedup_protocol"] = kr["seconds"] / cf["seconds_warm"]
+            cf["speedup_cold"] = (t_kip + kr["compile_s"]) / cf["seconds"]
         row = {"ipc": ipc, "m": ipc * train.num_classes, "features": args.features,
-               "closed_form": cf, "kip": kr, "kip_seconds_to_reach": t_kip,
-               "speedup_warm": warm, "speedup_cold": cold, "speedup_is_lower_bound": bound}
+               "closed_form": by_solver, "kip": kr, "kip_seconds_to_reach": t_kip,
+               "speedup_is_lower_bound": bound,
+               "same_accuracy_at_protocol_end": kr["final_acc"] >= target}
         rows.append(row)
         ge = ">=" if bound else ""
-        print(f"{ipc:4d} {100 * cf['acc']:9.2f}% {cf['seconds']:7.2f} {cf['seconds_warm']:7.3f} "
-              f"{100 * kr['final_acc']:8.2f}% {100 * kr['best_acc']:7.2f}% {kr['seconds']:7.1f} "
-              f"{(ge[:1] + ' ' if bound else '') + f'{t_kip:.2f}':>14} "
-              f"{ge + f'{warm:.0f}x':>12} {ge + f'{cold:.1f}x':>12}", flush=True)
+        for sv, cf in by_solver.items():
+            prot, orac, cold = cf["speedup_protocol"], cf["speedup_oracle"], cf["speedup_cold"]
+            print(f"{ipc:4d} {sv:>6} {100 * cf['acc']:9.2f}% {cf['seconds']:7.2f} "
+                  f"{cf['seconds_warm']:7.4f} {100 * kr['final_acc']:8.2f}% {kr['seconds']:7.1f} "
+                  f"{(ge[:1] + ' ' if bound else '') + f'{t_kip:.2f}':>12} "
+                  f"{f'{prot:.0f}x':>16} {ge + f'{orac:.0f}x':>14} {ge + f'{cold:.1f}x':>12}",
+                  flush=True)
     out = {"benchmark": "krr_vs_kip", "paper": "Chen, Huang & Weng, NeurIPS 2024, Table 4",
            "device": device_string(), "jax": jax.__version__, "dtype": "float32",
            "quick": args.quick, "seed": args.seed, "kip_steps": steps, "eval_every": chunk,
@@ -198,15 +219,17 @@ def main(argv=None):
            "settings": {"kernel": f"{args.features} features' kernel_fn, p = d = 64",
                         "kip": "adam 0.01, learned labels, full batch (n=1347), real init, "
                                "reg 1e-6 * tr(K_ss)/m",
-                        "closed_form": "noise init, lam_s auto, lam on 95/5 train split",
+                        "closed_form": "noise init, lam_s auto, lam on a 95/5 stratified "
+                                       "split of train; ridge solvers svd and gram timed",
                         "ipc": "m = 10 * ipc <= p = 64: above that the feature kernel's "
                                "K_ss is singular and float32 KIP breaks down (the paper's "
                                "settings all have m < p)",
                         "timing": "warm: closed form = lam selection + fit + construction "
-                                  "with new keys (compiled; best of 3); KIP = init + steps until it "
-                                  "first reaches the closed form's accuracy minus tol (or its "
-                                  "whole budget), compilation excluded, evaluation excluded. "
-                                  "cold: both with compilation."}}
+                                  "in one compiled program, new keys, best of 3; reach: KIP init "
+                                  "+ steps until it first reaches the closed form's accuracy minus "
+                                  "tol (or its whole budget), compilation and evaluation "
+                                  "excluded; protocol: KIP's whole run; cold: both with "
+                                  "compilation."}}
     path = args.json or DEFAULT_JSON
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     png = plot(rows, os.path.splitext(path)[0] + ".png")

@@ -54,12 +54,15 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     assert e["result"]["n_models"] == 4 and "convnet" in e["result"]["learner"]
 
 
-def test_distill_closed_form_end_to_end(tmp_path):
+@pytest.mark.parametrize("solver", ["svd", "gram"])
+def test_distill_closed_form_end_to_end(tmp_path, solver):
     out = tmp_path / "cf"
     rc = main(["distill", "--method", "krr-closed-form", "--features", "linear", "--ipc", "1",
-               "--seeds", "1", "--n-models", "2", "--out", str(out), "--quiet"])
+               "--seeds", "1", "--n-models", "2", "--ridge-solver", solver, "--out", str(out),
+               "--quiet"])
     assert rc == 0
     m = _check_metrics(out / "metrics.json", "krr-closed-form", 1, 1)
+    assert m["config"]["ridge_solver"] == solver
     # the distilled set trains the original model: same accuracy as the full-data learner
     assert abs(m["result"]["test_accuracy_mean"]
                - m["baselines"]["full_data"]["test_accuracy_mean"]) < 1e-6

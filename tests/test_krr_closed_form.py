@@ -211,3 +211,36 @@ def test_select_lambda_prefers_ridge_on_noisy_features():
         fm = feature_map("linear", jax.random.key(0), d)
         lam = select_lambda(jax.random.key(1), fm, train, val_fraction=0.3)
         assert lam >= 1.0
+
+
+@pytest.mark.parametrize("n", [40, 6])          # n >= p (primal Gram) and n < p (dual Gram)
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_gram_solver_equals_svd_in_float64(n, lam):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(n)
+        f = jnp.asarray(rng.normal(size=(n, 10)))
+        y = jnp.asarray(np.eye(3)[rng.integers(0, 3, n)])
+        w_svd = fit_ridge(f, y, lam)
+        w_gram = jax.jit(lambda f, y: fit_ridge(f, y, lam, solver="gram"))(f, y)
+        np.testing.assert_allclose(np.asarray(w_gram), np.asarray(w_svd), rtol=1e-9, atol=1e-11)
+        # and both against the textbook formulas (numpy)
+        ff, yy = np.asarray(f), np.asarray(y)
+        ref = (np.linalg.pinv(ff) @ yy).T if lam == 0 else \
+            yy.T @ ff @ np.linalg.inv(ff.T @ ff + lam * np.eye(10))
+        np.testing.assert_allclose(np.asarray(w_gram), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_gram_solver_rank_deficient_and_selection():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        f = rng.normal(size=(50, 8))
+        f[:, 5:] = 0.0                                    # three dead features (like border pixels)
+        y = np.eye(2)[rng.integers(0, 2, 50)]
+        w = fit_ridge(jnp.asarray(f), jnp.asarray(y), 0.0, solver="gram")
+        np.testing.assert_allclose(np.asarray(w), (np.linalg.pinv(f) @ y).T, atol=1e-10)
+        train = _data(200)
+        fm = _fm("linear")
+        assert select_lambda(jax.random.key(0), fm, train, solver="gram") == \
+            select_lambda(jax.random.key(0), fm, train)
+        with pytest.raises(ValueError, match="unknown ridge solver 'qr'"):
+            fit_ridge(jnp.asarray(f), jnp.asarray(y), 0.0, solver="qr")

@@ -76,17 +76,74 @@ def _filter_factors(s, lam):
     return jnp.where(keep, s / jnp.where(keep, s * s + lam, 1.0), 0.0)
 
 
-def fit_ridge(phi, y, lam):
+def _gram_factors(e, lam):
+    """``1 / (e + lam)`` for Gram eigenvalues ``e = s^2``, 0 below the pseudo-inverse cutoff."""
+    e_max = jnp.max(e, initial=0.0)
+    keep = e > jnp.finfo(e.dtype).eps * max(e.shape[0], 1) * 10 * e_max
+    return jnp.where(keep, 1.0 / jnp.where(keep, e + lam, 1.0), 0.0)
+
+
+#: Valid ``solver`` values of :func:`fit_ridge` / :func:`select_lambda`.
+SOLVERS = ("svd", "gram")
+
+
+def ridge_path(phi, y, solver: str = "svd"):
+    """Factor ridge regression once; return ``W(lam)`` for any ridge (a regularisation path).
+
+    ``W(lam) = (A^T * h(lam)) @ B`` with, for ``solver="svd"`` (thin SVD ``F = U S V^T``):
+    ``A = U^T Y``, ``h = s / (s^2 + lam)``, ``B = V^T``; for ``solver="gram"`` with ``n >= p``
+    (``F^T F = V diag(e) V^T``): ``A = V^T F^T Y``, ``h = 1 / (e + lam)``, ``B = V^T``; and with
+    ``n < p`` (``F F^T = U diag(e) U^T``): ``A = U^T Y``, ``h = 1 / (e + lam)``, ``B = U^T F``.
+
+    "svd" never forms normal equations: accurate in float32 and exact to rounding in float64.
+    "gram" costs one (min(n, p))^2 eigendecomposition plus matmuls, the fast choice when
+    ``n >> p`` (e.g. all of MNIST's 60000 rows with p = 784); it squares the condition number, so
+    small singular values (below about ``sqrt(eps) * s_max``) are resolved less accurately. Use it
+    in float64, or with a ridge well above ``eps * s_max^2``.
+
+    Args:
+        phi: (n, p) features ``F``.
+        y: (n, k) targets.
+        solver: ``"svd"`` or ``"gram"``.
+
+    Returns:
+        ``w_of(lam) -> (k, p)``, jittable and vmappable in ``lam``.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown ridge solver {solver!r}; valid solvers: {', '.join(SOLVERS)}.")
+    phi = jnp.asarray(phi)
+    y = jnp.asarray(y, phi.dtype)
+    n, p = phi.shape
+    if solver == "svd":
+        u, s, b = jnp.linalg.svd(phi, full_matrices=False)
+        a, spectrum, filt = u.T @ y, s, _filter_factors
+    elif n >= p:
+        e, v = jnp.linalg.eigh(phi.T @ phi)
+        a, spectrum, b, filt = v.T @ (phi.T @ y), e, v.T, _gram_factors
+    else:
+        e, u = jnp.linalg.eigh(phi @ phi.T)
+        a, spectrum, b, filt = u.T @ y, e, u.T @ phi, _gram_factors
+
+    def w_of(lam):
+        return (a.T * filt(spectrum, jnp.asarray(lam, phi.dtype))) @ b
+
+    return w_of
+
+
+def fit_ridge(phi, y, lam, *, solver: str = "svd"):
     """Ridge regression in feature space: ``W = Y^T F (F^T F + lam I)^-1`` (pseudo-inverse at 0).
 
-    Computed from the thin SVD of ``F`` (no normal equations, so it is accurate in float32 and
-    exact to rounding in float64), branch-free in ``lam``: jittable with a traced ``lam``.
+    Computed from the thin SVD of ``F`` by default (no normal equations, so it is accurate in
+    float32 and exact to rounding in float64), branch-free in ``lam``: jittable with a traced
+    ``lam``. ``solver="gram"`` uses the eigendecomposition of the smaller Gram matrix instead
+    (:func:`ridge_path` says when that is the better choice).
 
     Args:
         phi: (n, p) features ``F`` of the training points.
         y: (n, k) targets (one-hot labels or soft labels).
         lam: () ridge ``lam >= 0``; ``0`` gives the minimum-norm least-squares solution
             ``(F^+ Y)^T``.
+        solver: ``"svd"`` (default) or ``"gram"``.
 
     Returns:
         W: (k, p), predictions are ``phi(x) @ W.T``.
@@ -97,11 +154,7 @@ def fit_ridge(phi, y, lam):
         >>> fit_ridge(f, y, 0.0).shape
         (2, 3)
     """
-    phi = jnp.asarray(phi)
-    y = jnp.asarray(y, phi.dtype)
-    u, s, vt = jnp.linalg.svd(phi, full_matrices=False)
-    f = _filter_factors(s, jnp.asarray(lam, phi.dtype))
-    return ((u.T @ y).T * f) @ vt
+    return ridge_path(phi, y, solver)(lam)
 
 
 def predict(w, phi):
@@ -115,7 +168,7 @@ def accuracy(w, phi, y):
 
 
 def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GRID, *,
-                  val_fraction: float = 0.05):
+                  val_fraction: float = 0.05, solver: str = "svd"):
     """Choose the ridge ``lam`` on a stratified validation split of the TRAINING data.
 
     Holds out ``val_fraction`` of every class (:func:`jdd.data.stratified_mask`), fits
@@ -132,6 +185,7 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
         train: training Dataset.
         grid: candidate ridges (default :data:`DEFAULT_LAMBDA_GRID`, the paper's).
         val_fraction: fraction of each class held out.
+        solver: ``"svd"`` or ``"gram"`` (:func:`ridge_path`).
 
     Returns:
         The chosen ``lam``: a Python float (an element of ``grid``) on concrete inputs, a ()
@@ -149,22 +203,21 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
     phi = features.phi(jnp.asarray(train.x))
     held = stratified_mask(key, train.y, train.num_classes, val_fraction)
     y = jax.nn.one_hot(train.y, train.num_classes, dtype=phi.dtype)
-    best = _best_ridge(phi, y, train.y, held, jnp.asarray(grid, phi.dtype))
+    best = _best_ridge(phi, y, train.y, held, jnp.asarray(grid, phi.dtype), solver)
     if _concrete(best):
         return float(np.asarray(grid, np.float64)[int(best)])
     return jnp.asarray(grid, phi.dtype)[best]
 
 
-def _best_ridge(phi, y, labels, held, lams):
+def _best_ridge(phi, y, labels, held, lams, solver):
     """() index into ``lams`` of the best ridge on the ``held`` rows (fit on the others)."""
     keep = (~held).astype(phi.dtype)[:, None]
     w_va = held.astype(phi.dtype)
     n_va = jnp.sum(w_va)
-    u, s, vt = jnp.linalg.svd(phi * keep, full_matrices=False)
-    uty = u.T @ (y * keep)
+    w_of = ridge_path(phi * keep, y * keep, solver)
 
     def one(lam):
-        pred = predict((uty.T * _filter_factors(s, lam)) @ vt, phi)
+        pred = predict(w_of(lam), phi)
         acc = jnp.sum(w_va * (jnp.argmax(pred, -1) == labels)) / n_va
         mse = jnp.sum(w_va[:, None] * (pred - y) ** 2) / (n_va * y.shape[1])
         return acc, mse
@@ -447,7 +500,8 @@ def _class_indices(key, y, k: int, ipc: int):
 
 def closed_form_distill(key: PRNGKey, features, train: Dataset, *, ipc: int, lam,
                         lam_s=0.0, init: str = "noise", noise_scale: float = 0.1,
-                        branch: str = "+", dp: DPConfig | None = None, W=None) -> ClosedFormResult:
+                        branch: str = "+", dp: DPConfig | None = None, W=None,
+                        solver: str = "svd") -> ClosedFormResult:
     """Distil ``train`` into ``ipc`` points per class whose ridge model equals the original one.
 
     Args:
@@ -465,6 +519,8 @@ def closed_form_distill(key: PRNGKey, features, train: Dataset, *, ipc: int, lam
         branch: ``"+"`` or ``"-"`` root for ``lam_s > 0`` (:func:`features_from_solution`).
         dp: a :class:`DPConfig` to draw ``Z`` with the std of :func:`dp_noise_std` (noise init).
         W: (k, p) optional precomputed original model (skips the ridge fit on ``train``).
+        solver: how the original model is fitted when ``W`` is None: ``"svd"`` or ``"gram"``
+            (:func:`ridge_path`).
 
     Returns:
         A :class:`ClosedFormResult`.
@@ -501,7 +557,7 @@ def closed_form_distill(key: PRNGKey, features, train: Dataset, *, ipc: int, lam
     dtype = x.dtype
     phi_tr = features.phi(x)
     if W is None:
-        W = fit_ridge(phi_tr, jax.nn.one_hot(train.y, k, dtype=dtype), lam)
+        W = fit_ridge(phi_tr, jax.nn.one_hot(train.y, k, dtype=dtype), lam, solver=solver)
     W = jnp.asarray(W, dtype)
     onehot = jnp.repeat(jnp.eye(k, dtype=dtype), ipc, axis=0)          # (m, k), class-major
     k_idx, k_z = jax.random.split(key)
@@ -547,7 +603,7 @@ def closed_form_distill(key: PRNGKey, features, train: Dataset, *, ipc: int, lam
                             init_idx=idx)
 
 
-__all__ = ["DEFAULT_LAMBDA_GRID", "ClosedFormResult", "DPConfig", "accuracy", "auto_lam_s", "check_labels",
+__all__ = ["DEFAULT_LAMBDA_GRID", "SOLVERS", "ClosedFormResult", "DPConfig", "accuracy", "auto_lam_s", "check_labels",
            "closed_form_distill", "distilled_features", "dp_noise_std", "features_from_solution",
-           "fit_ridge", "lam_s_bound", "predict", "ridge_sensitivity", "select_lambda",
+           "fit_ridge", "lam_s_bound", "predict", "ridge_path", "ridge_sensitivity", "select_lambda",
            "solution_matrix"]
