@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=1000, help="outer (distillation) steps")
     g.add_argument("--lr", type=float, default=None,
                    help="outer Adam learning rate (default: 0.01 unrolled, 0.01 kip)")
+    g.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                   help="outer learning-rate schedule: constant, or cosine decay to 0 over --steps")
     g.add_argument("--batch-size", type=int, default=256, help="real examples per outer step")
     g.add_argument("--init", default=None,
                    help="initialisation of the synthetic set: real or noise (default: real)")
@@ -269,7 +271,6 @@ class MethodRun(NamedTuple):
 
 
 def _run_unrolled(a, train, test, keys) -> MethodRun:
-    import optax
     from jdd.distill import distill
     from jdd.distill.unrolled import unrolled
     from jdd.evaluate import full_data_config, network_learner
@@ -279,7 +280,7 @@ def _run_unrolled(a, train, test, keys) -> MethodRun:
     init = a.init or "real"
     if init not in ("real", "noise"):
         raise CLIError(f"unknown --init {init!r} for unrolled; valid: real, noise")
-    d = unrolled(model, ipc=a.ipc, inner=cfg, optimizer=optax.adam(a.lr or 1e-2),
+    d = unrolled(model, ipc=a.ipc, inner=cfg, optimizer=_outer_optimizer(a),
                  batch_size=a.batch_size, init=init, inner_lr=a.inner_lr,
                  learn_labels=not a.no_learn_labels, learn_lr=not a.no_learn_lr)
     r = distill(d, keys, train, a.steps, log_every=a.log_every, progress=not a.quiet,
@@ -289,21 +290,28 @@ def _run_unrolled(a, train, test, keys) -> MethodRun:
                               full_data=full_data_config(eval_cfg, train.n,
                                                          epochs=a.full_data_epochs))
     config = {"model": model.name, "inner": cfg._asdict(), "outer_lr": a.lr or 1e-2,
+              "outer_schedule": a.schedule,
               "batch_size": a.batch_size, "init": init, "inner_lr_init": a.inner_lr,
               "learn_labels": not a.no_learn_labels, "learn_lr": not a.no_learn_lr}
     return MethodRun(r.synthetic.x, r.synthetic.y, r.synthetic.lr, r.seconds, learner,
                      r.history, r.steps_logged, config, {})
 
 
-def _run_kip(a, train, test, keys) -> MethodRun:
+def _outer_optimizer(a):
+    """Adam on the synthetic set at ``--lr`` (default 0.01), constant or cosine-decayed to 0."""
     import optax
+    lr = a.lr or 1e-2
+    return optax.adam(optax.cosine_decay_schedule(lr, a.steps) if a.schedule == "cosine" else lr)
+
+
+def _run_kip(a, train, test, keys) -> MethodRun:
     from jdd.distill import distill
     from jdd.distill.kip import kip
     from jdd.evaluate import kernel_learner
 
     kfn = kernel_fn_by_name(a.kernel, a.kernel_depth)
     init = a.init or "real"
-    d = kip(kfn, ipc=a.ipc, optimizer=optax.adam(a.lr or 1e-2), reg=a.reg,
+    d = kip(kfn, ipc=a.ipc, optimizer=_outer_optimizer(a), reg=a.reg,
             learn_labels=not a.no_learn_labels, batch_size=a.batch_size, init=init)
     r = distill(d, keys, train, a.steps, log_every=a.log_every, progress=not a.quiet,
                 desc=f"kip {a.kernel} ipc={a.ipc} seeds={len(keys)}")
@@ -311,7 +319,8 @@ def _run_kip(a, train, test, keys) -> MethodRun:
     import numpy as np
     lr = np.full((len(keys),), np.nan, np.float32)
     config = {"kernel": a.kernel, "kernel_depth": a.kernel_depth, "reg": a.reg,
-              "outer_lr": a.lr or 1e-2, "batch_size": a.batch_size, "init": init,
+              "outer_lr": a.lr or 1e-2, "outer_schedule": a.schedule,
+              "batch_size": a.batch_size, "init": init,
               "learn_labels": not a.no_learn_labels}
     return MethodRun(r.synthetic.x, r.synthetic.y, lr, r.seconds, learner, r.history,
                      r.steps_logged, config, {})

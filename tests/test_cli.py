@@ -54,6 +54,23 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     assert e["result"]["n_models"] == 4 and "convnet" in e["result"]["learner"]
 
 
+def test_distill_kip_end_to_end(tmp_path):
+    out = tmp_path / "kip"
+    rc = main(["distill", "--method", "kip", "--kernel", "fc-ntk", "--kernel-depth", "2",
+               "--ipc", "1", "--seeds", "2", "--steps", "30", "--log-every", "10", "--lr", "0.03",
+               "--schedule", "cosine", "--batch-size", "128", "--n-models", "1",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    m = _check_metrics(out / "metrics.json", "kip", 1, 2)
+    assert m["config"]["outer_schedule"] == "cosine" and m["config"]["kernel_depth"] == 2
+    assert "krr[fc-ntk" in m["result"]["learner"]
+    # 30 KIP steps already beat random single images per class by a wide margin under KRR
+    assert (m["result"]["test_accuracy_mean"]
+            > m["baselines"]["random_subset"]["test_accuracy_mean"] + 0.1)
+    ds = load_distilled(out)
+    assert ds.x.shape == (2, 10, 8, 8, 1) and ds.y.shape == (2, 10, 10)
+
+
 @pytest.mark.parametrize("solver", ["svd", "gram"])
 def test_distill_closed_form_end_to_end(tmp_path, solver):
     out = tmp_path / "cf"
