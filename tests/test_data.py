@@ -220,6 +220,8 @@ def test_cifar100_labels(tmp_path, mode, k):
     np.testing.assert_allclose(np.asarray(test.x), chw_rows_to_nhwc(out["test"][0]), atol=1e-7)
     with pytest.raises(DataError, match="label_mode"):
         load_cifar100(tmp_path, label_mode="medium")
+    by_name, _ = load_dataset("cifar100" if mode == "fine" else "cifar100_coarse", tmp_path)
+    np.testing.assert_array_equal(np.asarray(by_name.y), out["train"][k])
 
 
 def test_cifar_missing(tmp_path):

@@ -13,7 +13,7 @@ from jdd.data.npz import load_npz
 from jdd.data.preprocess import Preprocessor, fit_preprocessor, preprocess
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar100_coarse", "npz")
 
 
 def data_dir_or_env(data_dir: str | os.PathLike | None) -> str:
@@ -32,7 +32,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     Args:
         name: one of :data:`DATASETS`. ``"digits"`` is bundled; the others read the standard files
             from ``data_dir`` (or ``$JDD_DATA_DIR``); ``"npz"`` takes ``data_dir`` as the path of an
-            .npz file with ``x_train, y_train, x_test, y_test``.
+            .npz file with ``x_train, y_train, x_test, y_test``. ``"cifar100_coarse"`` is CIFAR-100
+            with its 20 superclass labels.
         data_dir: folder (or .npz path) to read.
 
     Raises:
@@ -44,8 +45,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
         return load_mnist(data_dir_or_env(data_dir), fashion=(name == "fashion_mnist"))
     if name == "cifar10":
         return load_cifar10(data_dir_or_env(data_dir))
-    if name == "cifar100":
-        return load_cifar100(data_dir_or_env(data_dir))
+    if name in ("cifar100", "cifar100_coarse"):
+        return load_cifar100(data_dir_or_env(data_dir),
+                             label_mode="coarse" if name == "cifar100_coarse" else "fine")
     if name == "npz":
         return load_npz(data_dir_or_env(data_dir))
     raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}.")
