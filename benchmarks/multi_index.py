@@ -314,7 +314,6 @@ def main(argv=None) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     path = args.json or os.path.join(here, "results", "multi_index.json")
     cfg = settings(args.quick)
-    t0 = time.perf_counter()
     runs = []
     for r in cfg["rs"]:
         # Each r is cached in <json>.r<r>.partial (keyed by the settings), so an interrupted run

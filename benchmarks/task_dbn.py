@@ -15,11 +15,8 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -27,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _common import device_string, parse_args, versions
+from jdd.artifacts import write_json
 from jdd.distill.core import distill, seed_keys
 from jdd.distill.dbn_merge import dbn_merge
 from jdd.tasks.dbn import (clean_loglik, fit_dbn, make_sources, mean_impute, random_dbn,
@@ -148,12 +147,9 @@ def plot(rows: list[dict], cfg: dict, path_prefix: str) -> list[str]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small grid (~2 min)")
-    ap.add_argument("--json", default=None, help="output JSON (default benchmarks/results/task_dbn.json)")
-    args = ap.parse_args(argv)
+    args = parse_args("task_dbn", __doc__.splitlines()[0], argv=argv)
     cfg = QUICK if args.quick else FULL
-    path = args.json or os.path.join(os.path.dirname(__file__), "results", "task_dbn.json")
+    path = args.json
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     t0 = time.time()
     rows = []
@@ -162,18 +158,15 @@ def main(argv=None):
     prefix = os.path.splitext(path)[0]
     pngs = plot(rows, cfg, prefix)
     result = {"benchmark": "task_dbn", "quick": args.quick, "config": cfg, "rows": rows,
-              "device": "CPU (2 cores)", "jax": jax.__version__, "optax": optax.__version__,
-              "python": sys.version.split()[0], "platform": platform.platform(),
+              "device": device_string(), "versions": versions(), "jax": jax.__version__,
+              "optax": optax.__version__, "platform": platform.platform(),
               "total_seconds": time.time() - t0, "plots": [os.path.basename(p) for p in pngs],
               "notes": "LL = mean log-likelihood per row (sum over the observed coordinates of "
                        "all T slices). source_ll: held-out rows of each source, hidden variables "
                        "marginalised, source noise added, averaged over sources. clean_ll: clean "
                        "fully observed test rows. distilled/init/clean_subset: mean +- std over "
                        "seeds (distillation seeds / subset draws) on one data set per T."}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, result)
     print(f"wrote {path} and {len(pngs)} plots in {time.time() - t0:.0f}s")
 
 

@@ -14,11 +14,8 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import time
 
 import jax
@@ -26,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd.distill.core import distill, sample_rows, seed_keys
+from _common import device_string, parse_args, versions
+from jdd.artifacts import write_json
+from jdd.distill.core import distill, seed_keys
 from jdd.distill.pinn_points import pinn_points, points_from_synthetic
 from jdd.tasks.pinn import eval_grid, exact_solution, make_pinn, measurements, rmse, train_pinn
 
@@ -128,13 +127,9 @@ def plot(out: dict, arrays: dict, cfg: dict, prefix: str) -> list[str]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer outer steps and seeds (~2 min)")
-    ap.add_argument("--json", default=None,
-                    help="output JSON (default benchmarks/results/task_pinn.json)")
-    args = ap.parse_args(argv)
+    args = parse_args("task_pinn", __doc__.splitlines()[0], argv=argv)
     cfg = QUICK if args.quick else FULL
-    path = args.json or os.path.join(os.path.dirname(__file__), "results", "task_pinn.json")
+    path = args.json
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     t0 = time.time()
     out, arrays = run(cfg)
@@ -145,16 +140,13 @@ def main(argv=None):
               f"{r['id_rmse_mean']:.4f} +- {r['id_rmse_std']:.4f}")
     pngs = plot(out, arrays, cfg, os.path.splitext(path)[0])
     result = {"benchmark": "task_pinn", "quick": args.quick, "config": cfg, **out,
-              "device": "CPU (2 cores)", "jax": jax.__version__, "optax": optax.__version__,
-              "python": sys.version.split()[0], "platform": platform.platform(),
+              "device": device_string(), "versions": versions(), "jax": jax.__version__,
+              "optax": optax.__version__, "platform": platform.platform(),
               "total_seconds": time.time() - t0, "plots": [os.path.basename(p) for p in pngs],
               "notes": "RMSE of a fresh PINN trained (same trainer, same steps, same eval keys) on "
                        "each point set; mean +- std over seeds. random_subset = the m real points "
                        "each distillation seed started from; full_data = all real measurements."}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, result)
     print(f"wrote {path} and {len(pngs)} plot(s) in {time.time() - t0:.0f}s")
 
 
