@@ -123,53 +123,45 @@ def conv_kernel(depth: int = 1, activation: str = "relu", w_std: float = 1.0, b_
             raise ValueError("conv_kernel: inputs must be NHWC images (n, h, w, c) of the same "
                              f"(h, w, c); got shapes {x1.shape} and {x2.shape}.")
 
-    def flatten_fn(x1, x2=None):
-        x1, x2 = _as_pair(x1, x2)
-        check(x1, x2)
-        inv_c = 1.0 / x1.shape[-1]
-        k = jnp.einsum("ahwc,bhwc->abhw", x1, x2) * inv_c
-        v1 = jnp.sum(x1 * x1, -1) * inv_c
-        v2 = jnp.sum(x2 * x2, -1) * inv_c
-        theta = None
-        for _ in range(depth):
-            k = scale * _diag_box(k, ((2,), (3,)), filter_shape) + b2
-            v1, v2 = conv_var(v1), conv_var(v2)
-            if ntk:
-                theta = k if theta is None else scale * _diag_box(theta, ((2,), (3,)),
-                                                                  filter_shape) + k
-            k, kdot = act.cross(k, v1[:, None], v2[None, :])
-            v1, v2 = act.var(v1), act.var(v2)
-            if ntk:
-                theta = theta * kdot
-        k = w2 * jnp.mean(k, axis=(2, 3)) + b2
-        if not ntk or theta is None:
-            return k
-        return w2 * jnp.mean(theta, axis=(2, 3)) + k
+    def recursion(spec, pairs, row1, row2, axes):
+        """The layer recursion on one covariance layout.
 
-    def gap_fn(x1, x2=None):
-        # Layout of pair covariances: (n1, n2, H1, W1, H2, W2).
-        x1, x2 = _as_pair(x1, x2)
-        check(x1, x2)
-        inv_c = 1.0 / x1.shape[-1]
-        k = jnp.einsum("aijc,bklc->abijkl", x1, x2) * inv_c
-        v1 = jnp.sum(x1 * x1, -1) * inv_c
-        v2 = jnp.sum(x2 * x2, -1) * inv_c
-        pairs = ((2, 4), (3, 5))
-        theta = None
-        for _ in range(depth):
-            k = scale * _diag_box(k, pairs, filter_shape) + b2
-            v1, v2 = conv_var(v1), conv_var(v2)
-            if ntk:
-                theta = k if theta is None else scale * _diag_box(theta, pairs, filter_shape) + k
-            k, kdot = act.cross(k, v1[:, None, :, :, None, None], v2[None, :, None, None, :, :])
-            v1, v2 = act.var(v1), act.var(v2)
-            if ntk:
-                theta = theta * kdot
-        axes = (2, 3, 4, 5)
-        k = w2 * jnp.mean(k, axis=axes) + b2
-        if not ntk or theta is None:
-            return k
-        return w2 * jnp.mean(theta, axis=axes) + k
+        ``spec`` builds the input covariance from two NHWC batches, ``pairs`` names the spatial
+        axes that a convolution couples, ``row1``/``row2`` index the per-position variances of
+        each batch into that layout, and ``axes`` are the positions the readout averages over.
+        Flatten readout: ``(n1, n2, H, W)``, same positions only. GAP: ``(n1, n2, H, W, H, W)``,
+        every pair of positions.
+        """
+        def fn(x1, x2=None):
+            x1, x2 = _as_pair(x1, x2)
+            check(x1, x2)
+            inv_c = 1.0 / x1.shape[-1]
+            k = jnp.einsum(spec, x1, x2) * inv_c
+            v1 = jnp.sum(x1 * x1, -1) * inv_c
+            v2 = jnp.sum(x2 * x2, -1) * inv_c
+            theta = None
+            for _ in range(depth):
+                k = scale * _diag_box(k, pairs, filter_shape) + b2
+                v1, v2 = conv_var(v1), conv_var(v2)
+                if ntk:
+                    theta = k if theta is None else (
+                        scale * _diag_box(theta, pairs, filter_shape) + k)
+                k, kdot = act.cross(k, v1[row1], v2[row2])
+                v1, v2 = act.var(v1), act.var(v2)
+                if ntk:
+                    theta = theta * kdot
+            k = w2 * jnp.mean(k, axis=axes) + b2
+            if not ntk or theta is None:
+                return k
+            return w2 * jnp.mean(theta, axis=axes) + k
+        return fn
+
+    every = slice(None)
+    flatten_fn = recursion("ahwc,bhwc->abhw", ((2,), (3,)), (every, None), (None, every),
+                           (2, 3))
+    gap_fn = recursion("aijc,bklc->abijkl", ((2, 4), (3, 5)),
+                       (every, None, every, every, None, None),
+                       (None, every, None, None, every, every), (2, 3, 4, 5))
 
     if readout == "flatten":
         return flatten_fn
