@@ -16,6 +16,12 @@ batch targets get the same transform, so the loss compares like with like. Centr
 change KRR's argmax predictions for fixed supports (it shifts every class score of a query by the
 same amount) but it changes what the loss rewards, hence the learned set.
 
+Settings that work (digits, FC ReLU NTK depth 2, chosen by 4-fold cross-validation on the training
+split in ``benchmarks/kip_digits.py``): per-channel standardisation (``jdd.data.preprocess``'s
+default; per-pixel standardisation was worse), learned labels, batches of 256, ``reg=1e-6``;
+IPC 1: Adam 0.03 with cosine decay over 3000 steps (96.4 % KRR test accuracy); IPC 10: Adam 0.01
+for 1000 steps (98.7 %).
+
 dtype: ``dtype=None`` follows the real inputs' dtype (float32 by default; float64 data inside
 ``with jax.enable_x64(True):`` gives a float64 run); pass ``dtype=jnp.float64`` to force it.
 """
