@@ -172,8 +172,8 @@ def select_lambda(key: PRNGKey, features, train: Dataset, grid=DEFAULT_LAMBDA_GR
     """Choose the ridge ``lam`` on a stratified validation split of the TRAINING data.
 
     Holds out ``val_fraction`` of every class (:func:`jdd.data.stratified_mask`), fits
-    :func:`fit_ridge` on the rest for every ``lam`` in ``grid`` (one SVD shared by the whole
-    grid; held-out rows are zeroed rather than removed, so shapes are static) and returns the
+    :func:`fit_ridge` on the rest for every ``lam`` in ``grid`` (one factorisation shared by the
+    whole grid; held-out rows are zeroed rather than removed, so shapes are static) and returns the
     ``lam`` with the best validation accuracy, ties broken by the lower validation squared error.
     The test set is never seen. Jittable: under ``jax.jit`` it returns the chosen value as a
     traced scalar, so ridge selection, the fit of ``W`` and :func:`closed_form_distill` compile
