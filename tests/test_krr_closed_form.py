@@ -244,3 +244,21 @@ def test_gram_solver_rank_deficient_and_selection():
             select_lambda(jax.random.key(0), fm, train)
         with pytest.raises(ValueError, match="unknown ridge solver 'qr'"):
             fit_ridge(jnp.asarray(f), jnp.asarray(y), 0.0, solver="qr")
+
+
+def test_gram_solver_float32_on_well_conditioned_features():
+    # digits through a random LeakyReLU network: singular values within ~140x of the largest, so
+    # float32 normal equations resolve every direction. A cutoff applied too early (e.g. the
+    # SVD's eps * dim * 10 on s^2) drops real directions and moves W by ~50 %.
+    from jdd.data import load_digits
+    train, _ = load_digits()
+    x = np.asarray(train.x, np.float32).reshape(train.n, -1)
+    x = (x - x.mean()) / x.std()
+    fm = feature_map("fcnn", jax.random.key(1), 64)
+    phi = fm.phi(jnp.asarray(x))
+    y = jax.nn.one_hot(train.y, 10)
+    w32 = fit_ridge(phi, y, 0.0, solver="gram")
+    with jax.enable_x64(True):
+        ref = np.asarray(fit_ridge(jnp.asarray(np.asarray(phi), jnp.float64),
+                                   jnp.asarray(np.asarray(y), jnp.float64), 0.0))
+    assert np.linalg.norm(np.asarray(w32) - ref) / np.linalg.norm(ref) < 2e-3

@@ -77,9 +77,14 @@ def _filter_factors(s, lam):
 
 
 def _gram_factors(e, lam):
-    """``1 / (e + lam)`` for Gram eigenvalues ``e = s^2``, 0 below the pseudo-inverse cutoff."""
+    """``1 / (e + lam)`` for Gram eigenvalues ``e = s^2``, 0 below the pseudo-inverse cutoff.
+
+    The cutoff is the Gram matrix's own rounding level, ``eps * e_max`` (i.e. singular values
+    below ``sqrt(eps) * s_max``). A cutoff scaled like the SVD's (``eps * dim * 10``) would be
+    applied to ``s^2`` here and drop directions the data resolve: on digits' random-network
+    features it moved ``W`` by 55 % in float32, against 1.7e-4 with this cutoff."""
     e_max = jnp.max(e, initial=0.0)
-    keep = e > jnp.finfo(e.dtype).eps * max(e.shape[0], 1) * 10 * e_max
+    keep = e > jnp.finfo(e.dtype).eps * e_max
     return jnp.where(keep, 1.0 / jnp.where(keep, e + lam, 1.0), 0.0)
 
 
@@ -97,9 +102,14 @@ def ridge_path(phi, y, solver: str = "svd"):
 
     "svd" never forms normal equations: accurate in float32 and exact to rounding in float64.
     "gram" costs one (min(n, p))^2 eigendecomposition plus matmuls, the fast choice when
-    ``n >> p`` (e.g. all of MNIST's 60000 rows with p = 784); it squares the condition number, so
-    small singular values (below about ``sqrt(eps) * s_max``) are resolved less accurately. Use it
-    in float64, or with a ridge well above ``eps * s_max^2``.
+    ``n >> p`` (e.g. all of MNIST's 60000 rows with p = 784), but it squares the condition
+    number: directions with singular values below about ``sqrt(eps) * s_max`` are lost or noisy.
+    In float64 that is ``1.5e-8 * s_max`` and rarely matters. In float32 (``3.5e-4 * s_max``)
+    it matters for ill-conditioned features, especially with a small ridge: on digits, float32
+    ``W`` differs from the float64 ridge solution by 1.7e-4 (relative) with the random-network
+    features but by 0.55 with the raw pixels (rank-deficient: constant border pixels) at
+    ``lam = 0``. Use "gram" in float64, or in float32 with well-conditioned features or a ridge
+    well above ``eps * s_max^2``; otherwise use "svd".
 
     Args:
         phi: (n, p) features ``F``.
