@@ -413,13 +413,17 @@ def test_stratified_split(digits):
         stratified_split(jax.random.key(0), train, 1.0)
 
 
-def test_stratified_mask_counts_match_split_and_jit(digits):
+def test_stratified_mask_counts_split_and_jit(digits):
     train, _ = digits
-    a, b = stratified_split(jax.random.key(0), train, 0.05)
     m = stratified_mask(jax.random.key(3), train.y, 10, 0.05)
-    # same per-class held-out counts as the host split, every class non-empty on both sides
+    # per-class held-out counts: round(0.05 * n_c), written out independently here
+    expected = np.round(0.05 * train.class_counts()).astype(int)
     np.testing.assert_array_equal(np.bincount(np.asarray(train.y)[np.asarray(m)], minlength=10),
-                                  b.class_counts())
+                                  expected)
+    # stratified_split's second part is exactly the masked rows of the same key
+    tagged = Dataset.from_arrays(np.arange(train.n, dtype=np.float32)[:, None], train.y, 10)
+    _, held = stratified_split(jax.random.key(3), tagged, 0.05)
+    np.testing.assert_array_equal(np.asarray(held.x[:, 0]).astype(int), np.flatnonzero(m))
     jm = jax.jit(stratified_mask, static_argnums=(2, 3))(jax.random.key(3), train.y, 10, 0.05)
     np.testing.assert_array_equal(np.asarray(jm), np.asarray(m))
     other = stratified_mask(jax.random.key(4), train.y, 10, 0.05)

@@ -127,21 +127,10 @@ def stratified_split(key: jax.Array, ds: Dataset, fraction: float,
 
     Returns:
         (first, second) datasets; every class keeps at least one example in each part when it has two.
+        The second part is exactly the rows :func:`stratified_mask` marks for the same key.
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1); got {fraction}.")
-    y = np.asarray(ds.y)
-    perm = np.asarray(jax.random.permutation(key, ds.n))
-    first, second = [], []
-    for c in range(ds.num_classes):
-        idx = perm[y[perm] == c]
-        k = int(round(fraction * len(idx)))
-        if len(idx) >= 2:
-            k = min(max(k, 1), len(idx) - 1)
-        second.append(idx[:k])
-        first.append(idx[k:])
-    first = np.sort(np.concatenate(first))
-    second = np.sort(np.concatenate(second))
+    held = np.asarray(stratified_mask(key, ds.y, ds.num_classes, fraction))
+    first, second = np.flatnonzero(~held), np.flatnonzero(held)
     n1, n2 = names or (f"{ds.name}/a", f"{ds.name}/b")
     return (ds.replace(x=ds.x[first], y=ds.y[first], name=n1),
             ds.replace(x=ds.x[second], y=ds.y[second], name=n2))
