@@ -83,16 +83,27 @@ class DistilledSet(NamedTuple):
     meta: dict
 
 
+#: Keys ``meta`` must have (the CLI's ``evaluate`` needs them to rebuild the experiment).
+META_KEYS = ("dataset", "method", "ipc")
+
+
 def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) -> None:
     """Atomically write a distilled set (see the module docstring for the layout).
 
+    Everything is checked with :func:`validate_distilled` before anything is written, so a file
+    this writes always loads with :func:`load_distilled`.
+
     Args:
         path: destination ``.npz`` file.
-        x: (seeds, m, *feature_shape) synthetic inputs.
-        y: (seeds, m, k) targets.
-        lr: (seeds,) learned inner learning rates (NaN where none).
+        x: (seeds, m, *feature_shape) finite synthetic inputs.
+        y: (seeds, m, k) finite targets.
+        lr: (seeds,) learned inner learning rates (NaN where none; else finite and >= 0).
         preprocessor: a :class:`jdd.data.Preprocessor`.
-        meta: JSON-serialisable metadata.
+        meta: JSON-serialisable dict with at least ``dataset``, ``method`` and ``ipc``.
+
+    Raises:
+        ValueError: wrong shapes, NaN/inf in ``x`` or ``y``, inf or negative ``lr``, ``meta``
+            missing a required key or not JSON-serialisable; nothing is written then.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32)
@@ -100,12 +111,107 @@ def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) 
     if x.ndim < 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2] or lr.shape != (x.shape[0],):
         raise ValueError(f"expected x (seeds, m, ...), y (seeds, m, k), lr (seeds,); got "
                          f"{x.shape}, {y.shape}, {lr.shape}")
+    try:
+        meta_json = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"refusing to write {os.fspath(path)}: meta is not JSON-serialisable "
+                         f"({e}).") from e
+    try:
+        validate_distilled(DistilledSet(x, y, lr, preprocessor, meta), path)
+    except ValueError as e:
+        raise ValueError(f"refusing to write {e}") from None
     arrays = {"x": x, "y": y, "lr": lr, **preprocessor.to_arrays(),
-              "meta": np.asarray(json.dumps(meta, default=_json_default))}
+              "meta": np.asarray(meta_json)}
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
+
+
+def _count_bad(a: np.ndarray) -> int:
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def _real(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.complexfloating)
+
+
+def validate_distilled(ds: DistilledSet, path: str | os.PathLike) -> None:
+    """Raise one ValueError, naming ``path`` and what was expected, unless ``ds`` is consistent.
+
+    Checks (shapes before values): ``x`` is real (seeds, m, *feature_shape) with at least 3 dims;
+    ``y`` is real (seeds, m, k) with the same seeds and m, and ``k == meta["num_classes"]`` when
+    meta records it; ``lr`` is (seeds,), one per seed; ``meta`` is a dict with
+    :data:`META_KEYS`; ``x`` and ``y`` have no NaN/inf; each ``lr`` is NaN ("no learned rate") or
+    finite and >= 0; the preprocessor (when not None) fits ``x``'s feature shape and is finite.
+    """
+    path = os.fspath(path)
+    x, y, lr, meta = (np.asarray(ds.x), np.asarray(ds.y), np.asarray(ds.lr), ds.meta)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: meta must be a JSON object (dict) with keys "
+                         f"{', '.join(META_KEYS)}; got {type(meta).__name__}.")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: meta lacks {', '.join(repr(k) for k in missing)}; expected "
+                         f"keys {', '.join(META_KEYS)} (found {sorted(meta)}).")
+    ipc = meta["ipc"]
+    if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
+        raise ValueError(f"{path}: meta['ipc'] must be a positive integer; got {ipc!r}.")
+    if x.ndim < 3 or not _real(x):
+        raise ValueError(f"{path}: x must be real numbers of shape (seeds, m, *feature_shape) "
+                         f"with at least 3 dims; got {x.dtype} shape {x.shape}.")
+    if y.ndim != 3 or not _real(y):
+        raise ValueError(f"{path}: y must be real numbers of shape (seeds, m, k); got {y.dtype} "
+                         f"shape {y.shape}.")
+    if y.shape[:2] != x.shape[:2]:
+        raise ValueError(f"{path}: y has shape {y.shape} but x has {x.shape}; expected y "
+                         f"(seeds, m, k) = ({x.shape[0]}, {x.shape[1]}, k), one row per synthetic "
+                         f"input.")
+    k = meta.get("num_classes")
+    if k is not None and y.shape[2] != k:
+        raise ValueError(f"{path}: y has {y.shape[2]} classes (last dim of shape {y.shape}) but "
+                         f"meta['num_classes'] is {k!r}; they must match.")
+    if lr.ndim != 1 or lr.size == 0 or lr.shape[0] != x.shape[0] or not _real(lr):
+        what = "is empty" if lr.size == 0 else f"has {lr.dtype} shape {lr.shape}"
+        raise ValueError(f"{path}: lr {what}; expected shape ({x.shape[0]},): one learning rate "
+                         f"per seed (NaN for none).")
+    for name, a in (("x", x), ("y", y)):
+        bad = _count_bad(a)
+        if bad:
+            raise ValueError(f"{path}: {name} contains {bad} NaN/inf values; expected finite "
+                             f"numbers.")
+    lr64 = lr.astype(np.float64)
+    wrong = ~np.isnan(lr64) & (np.isinf(lr64) | (lr64 < 0))
+    if np.any(wrong):
+        raise ValueError(f"{path}: lr has invalid values {lr64[wrong].tolist()} (at seeds "
+                         f"{np.flatnonzero(wrong).tolist()}); expected NaN (no learned rate) or a "
+                         f"finite number >= 0.")
+    if ds.preprocessor is not None:
+        _check_preprocessor(ds.preprocessor, tuple(x.shape[2:]), path)
+
+
+def _check_preprocessor(pre, feature_shape: tuple[int, ...], path: str) -> None:
+    """The stored preprocessing must act on one example of ``feature_shape`` and be finite."""
+    d = int(np.prod(feature_shape))
+    for field in ("mean", "std", "zca", "zca_inv"):
+        value = getattr(pre, field, None)
+        if value is None:
+            continue
+        a = np.asarray(value)
+        if field in ("zca", "zca_inv"):
+            fits = a.shape == (d, d)
+            want = f"({d}, {d})"
+        else:
+            try:
+                fits = np.broadcast_shapes(a.shape, feature_shape) == feature_shape
+            except ValueError:
+                fits = False
+            want = f"broadcastable to the feature shape {feature_shape}"
+        if not fits:
+            raise ValueError(f"{path}: preprocessing array pre_{field} has shape {a.shape}; "
+                             f"expected {want} of x (shape (seeds, m) + {feature_shape}).")
+        if _count_bad(a):
+            raise ValueError(f"{path}: preprocessing array pre_{field} contains NaN/inf values.")
 
 
 def load_distilled(path: str | os.PathLike) -> DistilledSet:
@@ -113,7 +219,9 @@ def load_distilled(path: str | os.PathLike) -> DistilledSet:
 
     Raises:
         FileNotFoundError: no such file (names the path expected).
-        ValueError: the file is not a jdd distilled set (names the missing keys).
+        ValueError: the file is not a jdd distilled set (names the missing keys), its ``meta`` is
+            not JSON, or its arrays are inconsistent (:func:`validate_distilled`); the message
+            names the file and what was expected.
     """
     from jdd.data.preprocess import Preprocessor
 
@@ -135,9 +243,24 @@ def load_distilled(path: str | os.PathLike) -> DistilledSet:
     if missing:
         raise ValueError(f"{path} is not a jdd distilled set: missing keys {missing} "
                          "(expected x, y, lr, meta and pre_*).")
-    return DistilledSet(x=arrays["x"], y=arrays["y"], lr=arrays["lr"],
-                        preprocessor=Preprocessor.from_arrays(arrays),
-                        meta=json.loads(str(arrays["meta"])))
+    raw = arrays["meta"]
+    if raw.ndim != 0 or raw.dtype.kind not in "US":
+        raise ValueError(f"{path}: meta must be a 0-d string holding a JSON object; got "
+                         f"{raw.dtype} shape {raw.shape}.")
+    try:
+        text = raw.item()
+        meta = json.loads(text.decode() if isinstance(text, bytes) else text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: meta is not valid JSON ({e}); expected a JSON object with "
+                         f"keys {', '.join(META_KEYS)}.") from None
+    ds = DistilledSet(x=arrays["x"], y=arrays["y"], lr=arrays["lr"], preprocessor=None, meta=meta)
+    validate_distilled(ds, path)
+    try:
+        pre = Preprocessor.from_arrays(arrays)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    _check_preprocessor(pre, tuple(ds.x.shape[2:]), path)
+    return ds._replace(preprocessor=pre)
 
 
 def save_image_grid(path: str | os.PathLike, images, labels=None, *, title: str | None = None,

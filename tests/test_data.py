@@ -172,6 +172,104 @@ def test_mnist_label_out_of_range(tmp_path):
         load_mnist(tmp_path)
 
 
+# ---------------------------------------------------------------- Fashion-MNIST search
+
+# What Debian's dataset-fashion-mnist package installs (dpkg -L), in FASHION_MNIST_SYSTEM_DIR.
+DEBIAN_FASHION_FILES = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
+
+
+@pytest.fixture
+def fashion_places(tmp_path, monkeypatch):
+    """Three Fashion-MNIST copies (data_dir, $JDD_DATA_DIR, system folder), told apart by their
+    pixels; the system folder is a monkeypatched stand-in for /usr/share/datasets/fashion-mnist."""
+    import jdd.data.mnist as mnist_mod
+    places = {}
+    for i, what in enumerate(("arg", "env", "system")):
+        folder = tmp_path / what
+        arrays, _ = make_mnist(folder, gz=True, n_train=12, n_test=10, seed=10 + i)
+        places[what] = (folder, arrays)
+    monkeypatch.setattr(mnist_mod, "FASHION_MNIST_SYSTEM_DIR", os.fspath(tmp_path / "system"))
+    monkeypatch.delenv("JDD_DATA_DIR", raising=False)
+    return places
+
+
+def _which(train, places):
+    hits = [w for w, (_, a) in places.items()
+            if np.array_equal(np.round(np.asarray(train.x)[..., 0] * 255), a["train_images"])]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_fashion_mnist_search_order(fashion_places, monkeypatch, tmp_path):
+    places = fashion_places
+    monkeypatch.setenv("JDD_DATA_DIR", os.fspath(places["env"][0]))
+    train, test = load_dataset("fashion_mnist", places["arg"][0])
+    assert _which(train, places) == "arg" and test.name == "fashion_mnist/test"
+    assert _which(load_dataset("fashion_mnist")[0], places) == "env"
+    # a data_dir without the files (empty, or only some of them) is skipped, not fatal
+    (tmp_path / "empty").mkdir()
+    assert _which(load_dataset("fashion_mnist", tmp_path / "empty")[0], places) == "env"
+    os.remove(places["arg"][0] / (MNIST_FILES["test_labels"] + ".gz"))
+    assert _which(load_dataset("fashion_mnist", places["arg"][0])[0], places) == "env"
+    monkeypatch.delenv("JDD_DATA_DIR")
+    assert _which(load_dataset("fashion_mnist")[0], places) == "system"
+    monkeypatch.setenv("JDD_DATA_DIR", os.fspath(tmp_path / "nope"))
+    assert _which(load_dataset("fashion_mnist", tmp_path / "empty")[0], places) == "system"
+    # conventional subfolders of data_dir / $JDD_DATA_DIR count, as for load_mnist
+    make_mnist(tmp_path / "parent" / "fashion-mnist", gz=True, n_train=12, n_test=10, seed=10)
+    assert _which(load_dataset("fashion_mnist", tmp_path / "parent")[0], places) == "arg"
+
+
+def test_fashion_mnist_debian_file_names(fashion_places):
+    """The names the Debian package installs are found, in the folder itself."""
+    from jdd.data.mnist import find_fashion_mnist
+    system = fashion_places["system"][0]
+    assert set(os.listdir(system)) == DEBIAN_FASHION_FILES
+    found = find_fashion_mnist()
+    assert {os.path.dirname(p) for p in found.values()} == {os.fspath(system)}
+    assert {os.path.basename(p) for p in found.values()} == DEBIAN_FASHION_FILES
+    train, test = load_dataset("fashion_mnist")
+    assert train.x.shape == (12, 28, 28, 1) and test.n == 10 and train.num_classes == 10
+
+
+def test_fashion_mnist_found_but_corrupt_is_not_skipped(fashion_places):
+    """Files that exist but are broken raise (naming the file) instead of falling through."""
+    p = fashion_places["arg"][0] / (MNIST_FILES["train_images"] + ".gz")
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        load_dataset("fashion_mnist", fashion_places["arg"][0])
+
+
+def test_fashion_mnist_not_found_names_every_place(tmp_path, monkeypatch):
+    import jdd.data.mnist as mnist_mod
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    monkeypatch.setattr(mnist_mod, "FASHION_MNIST_SYSTEM_DIR", os.fspath(system))
+    (tmp_path / "mine").mkdir()
+    make_mnist(tmp_path / "mine", n_train=12, n_test=10)
+    os.remove(tmp_path / "mine" / MNIST_FILES["train_labels"])
+    monkeypatch.setenv("JDD_DATA_DIR", os.fspath(tmp_path / "env-dir"))
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion_mnist", tmp_path / "mine")
+    msg = str(e.value)
+    where = [msg.index(repr(os.fspath(p))) for p in
+             (tmp_path / "mine", tmp_path / "env-dir", system)]
+    assert where == sorted(where)  # in search order
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert "train-labels-idx1-ubyte" in msg and "does not exist" in msg
+    assert "data_dir" in msg and "JDD_DATA_DIR" in msg
+    monkeypatch.delenv("JDD_DATA_DIR")
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion_mnist")
+    msg = str(e.value)
+    assert "data_dir (not given)" in msg and "$JDD_DATA_DIR (not set)" in msg
+    assert os.fspath(system) in msg and "apt-get install dataset-fashion-mnist" in msg
+    # MNIST keeps its message: where to put the files, no apt hint
+    with pytest.raises(DataError, match="JDD_DATA_DIR") as e:
+        load_dataset("mnist")
+    assert "apt-get" not in str(e.value)
+
+
 # ---------------------------------------------------------------- CIFAR
 
 
@@ -328,6 +426,58 @@ def test_npz_errors(tmp_path):
     _npz(tmp_path / "r.npz", num_classes=np.int64(2))
     with pytest.raises(DataError, match=r"\[0, 2\)"):
         load_npz(tmp_path / "r.npz")
+
+
+_BAD_NPZ = {
+    # name: (overrides, pieces the one message must contain)
+    "huge int label": (dict(y_train=np.array([0, 1, 2, 1, 0, 1, 2, 1, 0, 10**9])),
+                       ["y_train", "1000000000", "100000", "np.unique"]),
+    "huge float label": (dict(y_test=np.array([0, 1, 2, 0, 1, 1e9])),
+                         ["y_test", "1000000000", "100000"]),
+    "huge num_classes": (dict(num_classes=np.int64(10**9)), ["num_classes=1000000000"]),
+    "negative label": (dict(y_train=np.array([0, 1, 2, -3, 0, 1, 2, 0, 1, 2])), [">= 0", "-3"]),
+    "fractional label": (dict(y_train=np.arange(10) % 3 + np.where(np.arange(10) == 4, 0.5, 0)),
+                         ["integers", "1.5"]),
+    "NaN label": (dict(y_test=np.array([0, 1, np.nan, 0, 1, 2])), ["integers", "NaN"]),
+    "string labels": (dict(y_test=np.array(list("abcdef"))), ["integers", "<U1"]),
+    "inf input": (dict(x_test=np.where(np.arange(6)[:, None] == 2, np.inf, np.zeros((6, 32)))
+                       .reshape(6, 4, 4, 2)), ["x_test", "32 NaN/inf"]),
+    "NaN input": (dict(x_train=np.full((10, 4, 4, 2), np.nan)), ["x_train", "320 NaN/inf"]),
+    "rows": (dict(y_test=np.arange(5) % 3), ["6 inputs but 5 labels"]),
+    "1-d inputs": (dict(x_train=np.zeros(10)), ["(n, features...)", "(10,)"]),
+    "column labels": (dict(y_train=(np.arange(10) % 3)[:, None]), ["(n,)", "(10, 1)",
+                                                                    "reshape"]),
+    "one class": (dict(num_classes=np.int64(1)), ["num_classes must be >= 2"]),
+    "float num_classes": (dict(num_classes=np.float64(3.0)), ["scalar integer"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_NPZ))
+def test_npz_bad_arrays_one_clear_error(tmp_path, case):
+    over, pieces = _BAD_NPZ[case]
+    _npz(tmp_path / "bad.npz", **over)
+    with pytest.raises(DataError) as e:
+        load_npz(tmp_path / "bad.npz")
+    for piece in pieces + [repr(os.fspath(tmp_path / "bad.npz"))]:
+        assert piece in str(e.value), (piece, str(e.value))
+
+
+def test_huge_labels_fail_fast_without_allocating(tmp_path):
+    """Labels of 1e9 (a user's report) are refused before any per-class array is built."""
+    import tracemalloc
+    y = np.arange(10) % 3
+    y[-1] = 10**9
+    _npz(tmp_path / "big.npz", y_train=y)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="1000000000"):
+            load_npz(tmp_path / "big.npz")
+        with pytest.raises(DataError, match="1000000000"):
+            Dataset.from_arrays(np.zeros((2, 3)), np.array([0.0, 1e9]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # a one-hot or bincount over 1e9 classes would be gigabytes
 
 
 # ---------------------------------------------------------------- Dataset validation

@@ -148,3 +148,36 @@ def test_errors():
     b = Dataset.from_arrays(x.reshape(50, -1), np.arange(50) % 2)
     with pytest.raises(DataError, match="feature shape"):
         preprocess(a, b, "standardize")
+
+
+@pytest.mark.parametrize("kind", ["none", "standardize", "zca"])
+@pytest.mark.parametrize("zca_reg", [-1.0, -1e-9, float("nan"), float("inf"), "0.1", None])
+def test_bad_zca_reg_rejected_before_fitting(kind, zca_reg):
+    """Checked first, for every kind: the (invalid) data below is never looked at."""
+    unusable = np.full((1,), np.nan)  # would fail fitting with a different message
+    with pytest.raises(ValueError, match="zca_reg") as e:
+        fit_preprocessor(unusable, kind, zca_reg=zca_reg)
+    assert ">= 0" in str(e.value) and repr(zca_reg) in str(e.value)
+    assert isinstance(e.value, DataError)  # so the CLI reports it as a clean error
+    a = Dataset.from_arrays(correlated_images(n=10), np.arange(10) % 2)
+    b = Dataset.from_arrays(correlated_images(n=10).reshape(10, -1), np.arange(10) % 2)
+    with pytest.raises(ValueError, match="zca_reg"):  # before the feature-shape check
+        preprocess(a, b, kind, zca_reg=zca_reg)
+
+
+@pytest.mark.parametrize("kind", ["pca", "ZCA", "", None, 3])
+def test_unknown_kind_rejected_before_fitting(kind):
+    unusable = np.full((1,), np.nan)
+    with pytest.raises(ValueError, match="unknown preprocessing kind") as e:
+        fit_preprocessor(unusable, kind)
+    assert all(k in str(e.value) for k in ("none", "standardize", "zca"))
+    a = Dataset.from_arrays(correlated_images(n=10), np.arange(10) % 2)
+    with pytest.raises(ValueError, match="unknown preprocessing kind"):
+        preprocess(a, a, kind)
+
+
+def test_valid_zca_reg_edge_values_accepted():
+    x = correlated_images(n=100)
+    for reg in (0, 0.0, np.float32(0.1), 1):
+        fit_preprocessor(x, "standardize", zca_reg=reg)
+    fit_preprocessor(x, "zca", zca_reg=np.float64(1e-3))

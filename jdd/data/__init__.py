@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-from jdd.data.dataset import (DataError, Dataset, check_arrays, check_ipc, per_class_indices,
-                              sample_per_class, stratified_mask, stratified_split)
+from jdd.data.dataset import (MAX_CLASSES, DataError, Dataset, check_arrays, check_ipc,
+                              per_class_indices, sample_per_class, stratified_mask,
+                              stratified_split)
 from jdd.data.cifar import load_cifar10, load_cifar100
 from jdd.data.digits import load_digits
-from jdd.data.mnist import load_mnist
+from jdd.data.mnist import load_fashion_mnist, load_mnist
 from jdd.data.npz import load_npz
 from jdd.data.preprocess import Preprocessor, fit_preprocessor, preprocess
 
@@ -31,9 +32,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
 
     Args:
         name: one of :data:`DATASETS`. ``"digits"`` is bundled; the others read the standard files
-            from ``data_dir`` (or ``$JDD_DATA_DIR``); ``"npz"`` takes ``data_dir`` as the path of an
-            .npz file with ``x_train, y_train, x_test, y_test``. ``"cifar100_coarse"`` is CIFAR-100
-            with its 20 superclass labels.
+            from ``data_dir`` (or ``$JDD_DATA_DIR``). ``"fashion_mnist"`` looks in ``data_dir``,
+            then ``$JDD_DATA_DIR``, then :data:`jdd.data.mnist.FASHION_MNIST_SYSTEM_DIR` (where
+            ``apt-get install dataset-fashion-mnist`` puts the files). ``"npz"`` takes
+            ``data_dir`` as the path of an .npz file with ``x_train, y_train, x_test, y_test``.
+            ``"cifar100_coarse"`` is CIFAR-100 with its 20 superclass labels.
         data_dir: folder (or .npz path) to read.
 
     Raises:
@@ -41,8 +44,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     """
     if name == "digits":
         return load_digits()
-    if name in ("mnist", "fashion_mnist"):
-        return load_mnist(data_dir_or_env(data_dir), fashion=(name == "fashion_mnist"))
+    if name == "mnist":
+        return load_mnist(data_dir_or_env(data_dir))
+    if name == "fashion_mnist":
+        return load_fashion_mnist(data_dir)
     if name == "cifar10":
         return load_cifar10(data_dir_or_env(data_dir))
     if name in ("cifar100", "cifar100_coarse"):
@@ -53,7 +58,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}.")
 
 
-__all__ = ["DATASETS", "DataError", "Dataset", "Preprocessor", "check_arrays", "check_ipc",
-           "data_dir_or_env", "fit_preprocessor", "load_cifar10", "load_cifar100", "load_dataset",
-           "load_digits", "load_mnist", "load_npz", "per_class_indices", "preprocess",
-           "sample_per_class", "stratified_mask", "stratified_split"]
+__all__ = ["DATASETS", "MAX_CLASSES", "DataError", "Dataset", "Preprocessor", "check_arrays",
+           "check_ipc", "data_dir_or_env", "fit_preprocessor", "load_cifar10", "load_cifar100",
+           "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_npz",
+           "per_class_indices", "preprocess", "sample_per_class", "stratified_mask",
+           "stratified_split"]

@@ -66,7 +66,7 @@ class Dataset:
         y = np.asarray(y)
         check_arrays(x, y, num_classes, name)
         if num_classes is None:
-            num_classes = int(y.max()) + 1
+            num_classes = int(np.max(y)) + 1
         return cls(x=jnp.asarray(x, jnp.float32), y=jnp.asarray(y, jnp.int32),
                    num_classes=int(num_classes), name=name)
 
@@ -83,36 +83,76 @@ class Dataset:
         return np.bincount(np.asarray(self.y), minlength=self.num_classes)
 
 
+#: Largest number of classes a dataset may have (given or inferred as ``max label + 1``). It
+#: bounds the (n, num_classes) one-hot label matrix: a stray label such as 1e9 would otherwise
+#: ask for gigabytes before failing.
+MAX_CLASSES = 100_000
+
+
+def _is_whole(v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        return bool(np.isfinite(float(v))) and float(v) == int(v)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None, name: str) -> None:
-    """Raise one clear :class:`DataError` if (x, y) is not a valid labelled dataset."""
+    """Raise one clear :class:`DataError` if (x, y) is not a valid labelled dataset.
+
+    Checks, cheapest first and before anything is converted or allocated per class: ``x`` is
+    (n, features...) real numbers without NaN/inf, ``y`` is (n,) integer-valued (an integer dtype,
+    or floats that are whole numbers), ``0 <= y < num_classes`` and ``2 <= num_classes <=``
+    :data:`MAX_CLASSES` (when ``num_classes`` is None it is taken as ``max(y) + 1``).
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
     if x.ndim < 2:
         raise DataError(f"{name}: inputs must have shape (n, features...) with n examples; "
                         f"got shape {x.shape}.")
     if y.ndim != 1:
-        raise DataError(f"{name}: labels must have shape (n,); got shape {y.shape}.")
+        raise DataError(f"{name}: labels must have shape (n,); got shape {y.shape}"
+                        + (" (use y.reshape(-1))." if y.ndim == 2 and y.shape[-1] == 1 else "."))
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{name}: {x.shape[0]} inputs but {y.shape[0]} labels; they must match.")
     if x.shape[0] == 0:
         raise DataError(f"{name}: the dataset is empty.")
+    if num_classes is not None:
+        if not _is_whole(num_classes):
+            raise DataError(f"{name}: num_classes must be an integer; got {num_classes!r}.")
+        if num_classes < 2:
+            raise DataError(f"{name}: num_classes must be >= 2; got {num_classes}.")
+        if num_classes > MAX_CLASSES:
+            raise DataError(f"{name}: num_classes={num_classes} is more than the supported "
+                            f"{MAX_CLASSES} classes.")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{name}: inputs must be real numbers; got dtype {x.dtype}.")
     if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
         raise DataError(f"{name}: inputs contain {bad} NaN/inf values; clean or impute them first.")
     if np.issubdtype(y.dtype, np.floating):
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise DataError(f"{name}: labels must be integers; got non-integer values "
+        finite = np.isfinite(y)
+        if not np.all(finite):
+            bad = int(y.size - np.count_nonzero(finite))
+            raise DataError(f"{name}: labels must be integers; found {bad} NaN/inf labels "
                             f"(dtype {y.dtype}).")
+        frac = y != np.round(y)
+        if np.any(frac):
+            raise DataError(f"{name}: labels must be integers; found non-integer value "
+                            f"{y[np.argmax(frac)].item()!r} (dtype {y.dtype}).")
     elif not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{name}: labels must be integers; got dtype {y.dtype}.")
     lo, hi = int(np.min(y)), int(np.max(y))
     if lo < 0:
-        raise DataError(f"{name}: labels must be >= 0; found {lo}.")
+        raise DataError(f"{name}: labels must be >= 0 (class indices 0..k-1); found {lo}.")
     if num_classes is not None:
-        if num_classes < 2:
-            raise DataError(f"{name}: num_classes must be >= 2; got {num_classes}.")
         if hi >= num_classes:
             raise DataError(f"{name}: labels must be in [0, {num_classes}); found {hi}.")
+    elif hi >= MAX_CLASSES:
+        raise DataError(f"{name}: labels must be class indices in [0, num_classes) with at most "
+                        f"{MAX_CLASSES} classes; found label {hi}. Map them to 0..k-1 first, "
+                        f"e.g. np.unique(y, return_inverse=True)[1].")
 
 
 def stratified_split(key: jax.Array, ds: Dataset, fraction: float,

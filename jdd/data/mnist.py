@@ -30,6 +30,13 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+#: Where Debian/Ubuntu's ``dataset-fashion-mnist`` package installs the four gzipped IDX files
+#: (``train-images-idx3-ubyte.gz`` etc.). :func:`find_fashion_mnist` looks here last.
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: The command that installs :data:`FASHION_MNIST_SYSTEM_DIR`.
+FASHION_MNIST_APT = "apt-get install dataset-fashion-mnist"
+
 _IMAGE_MAGIC = 0x00000803
 _LABEL_MAGIC = 0x00000801
 
@@ -53,6 +60,30 @@ def _candidates(folder: str, base: str) -> list[str]:
     return [os.path.join(folder, b + ext) for b in (base, variant) for ext in ("", ".gz")]
 
 
+def _search(root: str, fashion: bool) -> tuple[dict[str, str] | None, list[str], str]:
+    """Search ``root`` and its conventional subfolders: (files or None, folders seen, note)."""
+    looked, partial = [], ""
+    for folder in mnist_search_dirs(root, fashion=fashion):
+        if not os.path.isdir(folder):
+            continue
+        looked.append(folder)
+        found = {}
+        for role, base in MNIST_FILES.items():
+            hits = [p for p in _candidates(folder, base) if os.path.isfile(p)]
+            if hits:
+                found[role] = hits[0]
+        if len(found) == len(MNIST_FILES):
+            return found, looked, ""
+        if found and not partial:
+            missing = [MNIST_FILES[r] for r in MNIST_FILES if r not in found]
+            partial = f" {folder!r} has some of them but lacks {', '.join(missing)}."
+    return None, looked, partial
+
+
+def _expected_files() -> str:
+    return ", ".join(f"{b}[.gz]" for b in MNIST_FILES.values())
+
+
 def find_mnist_files(data_dir: str | os.PathLike, *, fashion: bool = False) -> dict[str, str]:
     """Locate the four IDX files; all four must be in the same folder.
 
@@ -68,27 +99,65 @@ def find_mnist_files(data_dir: str | os.PathLike, *, fashion: bool = False) -> d
     if not os.path.isdir(root):
         raise DataError(f"{what}: data directory {root!r} does not exist (or is not a folder); "
                         f"pass the folder that holds the IDX files.")
-    looked, partial = [], ""
-    for folder in mnist_search_dirs(root, fashion=fashion):
-        if not os.path.isdir(folder):
-            continue
-        looked.append(folder)
-        found = {}
-        for role, base in MNIST_FILES.items():
-            hits = [p for p in _candidates(folder, base) if os.path.isfile(p)]
-            if hits:
-                found[role] = hits[0]
-        if len(found) == len(MNIST_FILES):
-            return found
-        if found and not partial:
-            missing = [MNIST_FILES[r] for r in MNIST_FILES if r not in found]
-            partial = f" {folder!r} has some of them but lacks {', '.join(missing)}."
-    expected = ", ".join(f"{b}[.gz]" for b in MNIST_FILES.values())
-    raise DataError(f"{what}: could not find all four IDX files ({expected}) in one folder; "
-                    f"looked in: {', '.join(repr(f) for f in looked)}.{partial} Download them "
-                    f"and place "
+    found, looked, partial = _search(root, fashion)
+    if found is not None:
+        return found
+    raise DataError(f"{what}: could not find all four IDX files ({_expected_files()}) in one "
+                    f"folder; looked in: {', '.join(repr(f) for f in looked)}.{partial} Download "
+                    f"them and place "
                     f"them in {root!r} or one of its subfolders "
                     f"{', '.join(repr(s) for s in mnist_search_dirs(root, fashion=fashion)[1:])}.")
+
+
+def fashion_mnist_places(data_dir: str | os.PathLike | None = None) -> list[tuple[str, str | None]]:
+    """The places :func:`find_fashion_mnist` searches, in order, as ``(what, folder)`` pairs.
+
+    ``("data_dir", data_dir)``, ``("$JDD_DATA_DIR", its value)`` and ``("system folder",``
+    :data:`FASHION_MNIST_SYSTEM_DIR` ``)``; folder is None for an argument not given or a variable
+    not set (empty counts as unset).
+    """
+    given = os.fspath(data_dir) if data_dir is not None else ""
+    env = os.environ.get("JDD_DATA_DIR", "")
+    return [("data_dir", os.path.expanduser(given) if given else None),
+            ("$JDD_DATA_DIR", os.path.expanduser(env) if env else None),
+            ("system folder", FASHION_MNIST_SYSTEM_DIR)]
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Locate the Fashion-MNIST IDX files: ``data_dir``, then ``$JDD_DATA_DIR``, then the system
+    folder :data:`FASHION_MNIST_SYSTEM_DIR` (Debian's ``dataset-fashion-mnist`` package).
+
+    ``data_dir`` and ``$JDD_DATA_DIR`` are searched with their conventional subfolders
+    (:func:`mnist_search_dirs`). The first place with all four files in one folder wins; a place
+    that is missing or incomplete is skipped (files that are found but corrupt still raise).
+
+    Returns:
+        dict role -> path, roles as in :data:`MNIST_FILES`.
+
+    Raises:
+        DataError: no place holds the files; the one message names every place searched, in
+            order, and says to run ``apt-get install dataset-fashion-mnist`` or where to put the
+            files.
+    """
+    notes = []
+    for what, root in fashion_mnist_places(data_dir):
+        if root is None:
+            notes.append(f"{what} ({'not given' if what == 'data_dir' else 'not set'})")
+            continue
+        if not os.path.isdir(root):
+            notes.append(f"{what} {root!r} (does not exist or is not a folder)")
+            continue
+        found, looked, partial = _search(root, True)
+        if found is not None:
+            return found
+        where = ", ".join(repr(f) for f in looked)
+        notes.append(f"{what} {root!r} (no complete set in {where}"
+                     + (f";{partial.rstrip('.')})" if partial else ")"))
+    raise DataError(f"Fashion-MNIST: could not find the four IDX files ({_expected_files()}) in "
+                    f"one folder. Searched, in order: {'; '.join(notes)}. Install them with "
+                    f"`sudo {FASHION_MNIST_APT}` (Debian/Ubuntu; it puts them in "
+                    f"{FASHION_MNIST_SYSTEM_DIR!r}), or download them into a folder and pass "
+                    f"data_dir=... (CLI: --data-dir) or set JDD_DATA_DIR.")
 
 
 def _read_bytes(path: str) -> bytes:
@@ -168,8 +237,26 @@ def load_mnist(data_dir: str | os.PathLike, *, fashion: bool = False) -> tuple[D
             train, test = load_mnist("~/data")
             train.feature_shape
     """
-    name = "fashion_mnist" if fashion else "mnist"
-    paths = find_mnist_files(data_dir, fashion=fashion)
+    return _load_files(find_mnist_files(data_dir, fashion=fashion),
+                       "fashion_mnist" if fashion else "mnist")
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Dataset, Dataset]:
+    """Load Fashion-MNIST, found by :func:`find_fashion_mnist`.
+
+    Searches ``data_dir``, then ``$JDD_DATA_DIR`` (each with its conventional subfolders), then
+    :data:`FASHION_MNIST_SYSTEM_DIR`, where ``apt-get install dataset-fashion-mnist`` puts the
+    files. Returns and raises as :func:`load_mnist` (names ``"fashion_mnist/train"`` etc.).
+
+    Example (needs the files, e.g. from the Debian package)::
+
+            train, test = load_fashion_mnist()
+            train.n, test.n   # (60000, 10000)
+    """
+    return _load_files(find_fashion_mnist(data_dir), "fashion_mnist")
+
+
+def _load_files(paths: dict[str, str], name: str) -> tuple[Dataset, Dataset]:
     out = []
     for split in ("train", "test"):
         ipath, lpath = paths[f"{split}_images"], paths[f"{split}_labels"]

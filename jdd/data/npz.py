@@ -34,8 +34,11 @@ def load_npz(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
 
     Raises:
         DataError: missing or unreadable file, missing keys (the message names the expected ones),
-            train/test feature shapes that differ, or anything :meth:`Dataset.from_arrays` rejects
-            (shape mismatch, NaN/inf, labels out of range).
+            train/test feature shapes that differ, or anything
+            :func:`~jdd.data.dataset.check_arrays` rejects (rows that disagree, wrong dims, NaN/inf
+            inputs, labels that are negative, not whole numbers, NaN, >= ``num_classes`` or beyond
+            :data:`~jdd.data.dataset.MAX_CLASSES`); the message names the file and the split.
+            All of it is checked before any array is converted.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -84,7 +87,7 @@ def load_npz(path: str | os.PathLike) -> tuple[Dataset, Dataset]:
     xs = {}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        check_arrays(x, y, num_classes, f"{name}/{split}")
+        check_arrays(x, y, num_classes, f"{path!r} (x_{split}, y_{split})")
         xs[split] = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x
     if xs["train"].shape[1:] != xs["test"].shape[1:]:
         raise DataError(f"{path!r}: x_train has feature shape {xs['train'].shape[1:]} but x_test "

@@ -179,6 +179,19 @@ def _moments(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
     return feat_mean, pooled_mean, np.sqrt(var)
 
 
+def check_options(kind: str, zca_reg: float) -> None:
+    """Raise :class:`DataError` (a ValueError) for an unknown ``kind`` or a ``zca_reg`` that is
+    not a finite number >= 0. Called before any data is touched, whatever the kind.
+    """
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise DataError(f"unknown preprocessing kind {kind!r}; valid kinds: {', '.join(KINDS)}.")
+    number = (isinstance(zca_reg, (int, float, np.integer, np.floating))
+              and not isinstance(zca_reg, bool))
+    if not (number and np.isfinite(zca_reg) and zca_reg >= 0):
+        raise DataError(f"zca_reg (CLI: --zca-reg) must be a finite number >= 0 (relative ZCA "
+                        f"regularisation, e.g. 0.1); got {zca_reg!r}.")
+
+
 def fit_preprocessor(x, kind: str = "standardize", *, zca_reg: float = 0.1,
                      per_channel: bool = True) -> Preprocessor:
     """Fit a preprocessor on TRAIN inputs (host-side, float64 statistics).
@@ -196,9 +209,9 @@ def fit_preprocessor(x, kind: str = "standardize", *, zca_reg: float = 0.1,
         a :class:`Preprocessor`; apply it to train, test and any later data alike.
 
     Raises:
-        ValueError: unknown ``kind`` or negative ``zca_reg``.
-        DataError: fewer than 2 examples, NaN/inf inputs, or a singular covariance with
-            ``zca_reg == 0``.
+        DataError (a ValueError): unknown ``kind`` or a ``zca_reg`` that is negative, NaN or
+            inf (checked first, for every kind); fewer than 2 examples, NaN/inf inputs, or a
+            singular covariance with ``zca_reg == 0``.
 
     Example:
         >>> import numpy as np
@@ -207,12 +220,9 @@ def fit_preprocessor(x, kind: str = "standardize", *, zca_reg: float = 0.1,
         >>> bool(np.allclose(z.mean(0), 0, atol=1e-5)), bool(np.allclose(z.std(0), 1, atol=1e-4))
         (True, True)
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown preprocessing kind {kind!r}; valid kinds: {', '.join(KINDS)}.")
+    check_options(kind, zca_reg)
     if kind == "none":
         return Preprocessor(kind="none")
-    if not zca_reg >= 0:
-        raise ValueError(f"zca_reg must be >= 0; got {zca_reg}.")
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] < 2:
         raise DataError(f"fit_preprocessor needs (n, features...) inputs with n >= 2; got shape "
@@ -261,7 +271,8 @@ def preprocess(train: Dataset, test: Dataset, kind: str = "standardize",
         names), and the fitted :class:`Preprocessor` (save it with the distilled set).
 
     Raises:
-        DataError: train and test feature shapes differ; anything :func:`fit_preprocessor` raises.
+        DataError: unknown ``kind`` or bad ``zca_reg`` (checked before anything else), train and
+            test feature shapes that differ; anything :func:`fit_preprocessor` raises.
 
     Example:
         >>> from jdd.data import load_digits
@@ -270,6 +281,7 @@ def preprocess(train: Dataset, test: Dataset, kind: str = "standardize",
         >>> pre.kind, test_z.x.shape == test.x.shape
         ('zca', True)
     """
+    check_options(kind, kw["zca_reg"] if "zca_reg" in kw else 0.0)
     if train.feature_shape != test.feature_shape:
         raise DataError(f"train feature shape {train.feature_shape} differs from test feature "
                         f"shape {test.feature_shape}.")
