@@ -19,6 +19,16 @@ def _toy(n=24, d=5, k=3, seed=0, dtype=np.float64):
     return Dataset(x=jnp.asarray(x, dtype), y=jnp.asarray(y, jnp.int32), num_classes=k, name="toy")
 
 
+def _xy(state):
+    """The learnable support inputs and targets of a KIP state (compose's ``params["set"]``)."""
+    p = state.params["set"]
+    return p["x"], p.get("y", state.fixed["y"])
+
+
+def _with_xy(state, x, y):
+    return state._replace(params={**state.params, "set": {"x": x, "y": y}})
+
+
 def test_gradient_matches_central_finite_differences():
     kfn = fc_kernel(2, "relu", 1.3, 0.2)
     with jax.enable_x64(True):
@@ -28,23 +38,25 @@ def test_gradient_matches_central_finite_differences():
         # coincides with a real one, as it does with init="real" and a full batch.
         d = kip(kfn, ipc=2, optimizer=optax.sgd(1.0), reg=1e-3, batch_size=None, init="noise")
         state = d.init(jax.random.key(0), data)
-        assert state.x.dtype == jnp.float64 and state.y.dtype == jnp.float64
+        sx, sy = _xy(state)
+        assert sx.dtype == jnp.float64 and sy.dtype == jnp.float64
         step = jax.jit(d.step)
         new, _ = step(state, jax.random.key(1), data)
-        grad_x = np.asarray(state.x - new.x)
-        grad_y = np.asarray(state.y - new.y)
+        nx, ny = _xy(new)
+        grad_x = np.asarray(sx - nx)
+        grad_y = np.asarray(sy - ny)
 
         def loss_at(x, y):
-            return float(step(state._replace(x=x, y=y), jax.random.key(1), data)[1]["loss"])
+            return float(step(_with_xy(state, x, y), jax.random.key(1), data)[1]["loss"])
 
         eps = 1e-6
         for idx in [(0, 0), (1, 3), (3, 2), (5, 4)]:
-            e = jnp.zeros_like(state.x).at[idx].set(eps)
-            fd = (loss_at(state.x + e, state.y) - loss_at(state.x - e, state.y)) / (2 * eps)
+            e = jnp.zeros_like(sx).at[idx].set(eps)
+            fd = (loss_at(sx + e, sy) - loss_at(sx - e, sy)) / (2 * eps)
             assert grad_x[idx] == pytest.approx(fd, rel=1e-5, abs=1e-10)
         for idx in [(0, 0), (4, 1)]:
-            e = jnp.zeros_like(state.y).at[idx].set(eps)
-            fd = (loss_at(state.x, state.y + e) - loss_at(state.x, state.y - e)) / (2 * eps)
+            e = jnp.zeros_like(sy).at[idx].set(eps)
+            fd = (loss_at(sx, sy + e) - loss_at(sx, sy - e)) / (2 * eps)
             assert grad_y[idx] == pytest.approx(fd, rel=1e-5, abs=1e-10)
         assert np.abs(grad_x).max() > 1e-4  # the check is not vacuous
 
@@ -59,7 +71,7 @@ def test_loss_decreases_on_digits_and_improves_krr():
     assert loss[-1] < 0.8 * loss[0]
     s = res.synthetic
     assert s.x.shape == (10, 8, 8, 1) and s.y.shape == (10, 10)
-    init = d.init(jax.random.split(jax.random.key(0))[0], train)  # the run's initial state
+    init = d.synthetic(d.init(jax.random.split(jax.random.key(0))[0], train))  # initial set
     acc0 = float(jnp.mean(krr_predict(kfn, init.x, init.y, test.x).argmax(-1) == test.y))
     acc = float(jnp.mean(krr_predict(kfn, s.x, s.y, test.x).argmax(-1) == test.y))
     assert acc > acc0 + 0.05
@@ -99,14 +111,14 @@ def test_step_traced_once_and_same_key_same_bytes():
     s3, _ = step(s2, jax.random.key(3), data)
     assert len(calls) == n_trace == 2  # K_ss and K_ts, traced once
     again, _ = step(state, jax.random.key(1), data)
-    np.testing.assert_array_equal(np.asarray(again.x), np.asarray(s1.x))
+    np.testing.assert_array_equal(np.asarray(_xy(again)[0]), np.asarray(_xy(s1)[0]))
     assert int(s3.step) == 3
 
 
 def test_init_real_noise_labels_and_checks():
     data = _toy(dtype=np.float32)
     d = kip(fc_kernel(1), ipc=3, learn_labels=False, center_labels=True, label_scale=2.0)
-    st = jax.jit(d.init)(jax.random.key(0), data)
+    st = d.synthetic(jax.jit(d.init)(jax.random.key(0), data))
     labels = np.repeat(np.arange(3), 3)
     np.testing.assert_allclose(np.asarray(st.y), 2.0 * (np.eye(3)[labels] - 1 / 3), atol=1e-6)
     x = np.asarray(data.x)
@@ -115,11 +127,13 @@ def test_init_real_noise_labels_and_checks():
         match = np.flatnonzero(np.all(x == row, axis=1))
         assert len(match) == 1 and y[match[0]] == c
     assert len({tuple(r) for r in np.asarray(st.x)}) == 9  # distinct
-    new, _ = jax.jit(d.step)(st, jax.random.key(1), data)
+    state0 = jax.jit(d.init)(jax.random.key(0), data)
+    new = d.synthetic(jax.jit(d.step)(state0, jax.random.key(1), data)[0])
     np.testing.assert_array_equal(np.asarray(new.y), np.asarray(st.y))  # labels not learned
     assert not np.array_equal(np.asarray(new.x), np.asarray(st.x))
 
-    noise = kip(fc_kernel(1), ipc=2, init="noise").init(jax.random.key(0), data)
+    dn = kip(fc_kernel(1), ipc=2, init="noise")
+    noise = dn.synthetic(dn.init(jax.random.key(0), data))
     assert noise.x.shape == (6, 5) and abs(float(noise.x.std()) - float(data.x.std())) < 0.7
     with pytest.raises(DataError, match="ipc"):
         kip(fc_kernel(1), ipc=9).init(jax.random.key(0), data)

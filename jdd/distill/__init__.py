@@ -10,14 +10,18 @@
 
 from jdd.distill.core import (BilevelState, Distiller, RunResult, Synthetic, bilevel, distill,
                               init_per_class, num_params, sample_rows, scan_steps, seed_keys)
-from jdd.distill.kip import KipState, kip
+from jdd.distill.compose import (ComposedState, ExtraTerm, Objective, Out, Parameterization,
+                                 Probe, compose, partition_optimizer, pixels)
+from jdd.distill.kip import kip, kip_objective
 from jdd.distill.krr_closed_form import (ClosedFormResult, DPConfig, closed_form_distill,
                                          fit_ridge, select_lambda)
 from jdd.distill.multi_index import (d1_gradient_matching, d2_compact, d2_rank_certify,
                                      reconstruction, two_phase)
-from jdd.distill.unrolled import unrolled
+from jdd.distill.unrolled import performance_matching, unrolled
 
-__all__ = ["BilevelState", "ClosedFormResult", "DPConfig", "Distiller", "KipState", "RunResult",
+__all__ = ["BilevelState", "ClosedFormResult", "DPConfig", "Distiller", "RunResult", "ComposedState", "ExtraTerm",
+           "Objective", "Out", "Parameterization", "Probe", "compose", "kip_objective",
+           "partition_optimizer", "performance_matching", "pixels",
            "Synthetic", "bilevel", "closed_form_distill", "distill", "fit_ridge",
            "d1_gradient_matching", "d2_compact", "d2_rank_certify", "init_per_class", "kip",
            "num_params", "sample_rows", "scan_steps", "seed_keys",

@@ -35,57 +35,68 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdd.data.dataset import check_ipc
-from jdd.distill.core import Distiller, Synthetic
+from jdd.distill.compose import Objective, Out, compose, pixels
+from jdd.distill.core import Distiller, sample_rows
 from jdd.kernels.krr import krr_solve
 
 KernelFn = Callable[..., jax.Array]
 
 
-class KipState(NamedTuple):
-    """State of :func:`kip`.
+def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | None = None,
+                  label_scale: float = 1.0, center_labels: bool = False) -> Objective:
+    """KIP's loss: KRR from the synthetic set, squared error on a real batch.
 
-    Attributes:
-        x: (m, *feature_shape) support inputs, m = ipc * num_classes, class-major order.
-        y: (m, k) support targets.
-        opt_state: optax state of the learnable part (``{"x"}`` or ``{"x", "y"}``).
-        step: () int32 number of steps taken.
+    ``loss = mean (y_t - K_ts (K_ss + reg tr(K_ss)/m I)^-1 y_s)^2`` with Cholesky solves; the real
+    targets get the same ``label_scale`` / ``center_labels`` transform as the support targets.
+    An augmentation, when given, is applied with one draw to the support and the real batch.
+
+    Returns:
+        An :class:`jdd.distill.compose.Objective` with no learnable parameters of its own; metric
+        ``batch_acc`` (KRR accuracy on the batch).
     """
+    if not (np.isfinite(reg) and reg >= 0):
+        raise ValueError(f"reg must be a finite number >= 0; got {reg}.")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size}.")
 
-    x: jax.Array
-    y: jax.Array
-    opt_state: Any
-    step: jax.Array
+    def targets(labels, num_classes, dt):
+        t = jax.nn.one_hot(labels, num_classes, dtype=dt) * label_scale
+        if center_labels:
+            t = t - label_scale / num_classes
+        return t
 
+    def init(key, data, syn):
+        if data.num_classes < 2:
+            raise ValueError("kip needs data with num_classes >= 2 (a jdd.data.Dataset).")
+        return {}, ()
 
-def _per_class_indices(key: jax.Array, y: jax.Array, num_classes: int, ipc: int) -> jax.Array:
-    """(num_classes * ipc,) indices, ``ipc`` distinct random examples of each class, class-major.
+    def loss(params, syn, classes, data, key, state, augment):
+        dt = syn.x.dtype
+        batch = data if batch_size is None else sample_rows(key, data, batch_size)
+        x_s, x_t = syn.x, batch.x.astype(dt)
+        if augment is not None:
+            k_aug = jax.random.fold_in(key, 7)
+            x_s, x_t = augment(k_aug, x_s), augment(k_aug, x_t)
+        y_t = targets(batch.y, data.num_classes, dt)
+        k_ss = kernel_fn(x_s, x_s)
+        k_ts = kernel_fn(x_t, x_s)
+        pred = k_ts @ krr_solve(k_ss, syn.y, reg)
+        value = jnp.mean((pred - y_t) ** 2)
+        acc = jnp.mean((jnp.argmax(pred, -1) == batch.y).astype(pred.dtype))
+        return Out(value, {"batch_acc": acc})
 
-    Jittable and vmappable (random scores, rows of other classes pushed to +inf, ``top_k``). A
-    class with fewer than ``ipc`` examples gets rows of other classes; :func:`kip`'s ``init``
-    checks this whenever the labels are concrete.
-    """
-    scores = jax.random.uniform(key, (num_classes, y.shape[0]))
-    scores = jnp.where(y[None, :] == jnp.arange(num_classes)[:, None], scores, 2.0)
-    _, idx = jax.lax.top_k(-scores, ipc)  # smallest scores first
-    return idx.reshape(-1)
-
-
-def _check_ipc_if_concrete(data, ipc: int) -> None:
-    """Raise DataError for too-small classes when the labels are known (not under jit/vmap)."""
-    try:
-        y = np.asarray(data.y)
-    except jax.errors.TracerArrayConversionError:
-        return
-    check_ipc(y, data.num_classes, ipc, data.name)
+    return Objective(init=init, loss=loss, name="kip")
 
 
 def kip(kernel_fn: KernelFn, *, ipc: int,
         optimizer: optax.GradientTransformation | None = None, reg: float = 1e-6,
         learn_labels: bool = True, batch_size: int | None = None, init: str = "real",
         label_scale: float = 1.0, center_labels: bool = False,
-        dtype: Any = None) -> Distiller:
+        dtype: Any = None, augment=None, extra=()) -> Distiller:
     """Kernel Inducing Points as a :class:`jdd.distill.Distiller`.
+
+    The composition ``pixels(labels="raw" | "hard") x kip_objective(...)`` on
+    :func:`jdd.distill.compose.compose`.
 
     Args:
         kernel_fn: ``kernel_fn(x1, x2) -> (n1, n2)``, differentiable in both arguments (e.g.
@@ -101,6 +112,8 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         center_labels: subtract ``1 / num_classes`` from every target entry (see the module
             docstring).
         dtype: compute dtype; None follows ``data.x``.
+        augment: optional ``(key, x) -> x`` applied with one draw to support and batch.
+        extra: extra loss terms (KIP runs no network, so terms that need one do not apply).
 
     Returns:
         A Distiller whose ``init(key, data)`` takes a :class:`jdd.data.Dataset`, whose
@@ -121,75 +134,10 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         >>> res.synthetic.x.shape, res.synthetic.y.shape
         ((10, 8, 8, 1), (10, 10))
     """
-    if int(ipc) != ipc or ipc < 1:
-        raise ValueError(f"ipc must be a positive integer; got {ipc}.")
-    if init not in ("real", "noise"):
-        raise ValueError(f"init must be 'real' or 'noise'; got {init!r}.")
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size}.")
-    optimizer = optax.adam(0.01) if optimizer is None else optimizer
-    ipc = int(ipc)
-
-    def targets(labels, num_classes, dt):
-        t = jax.nn.one_hot(labels, num_classes, dtype=dt) * label_scale
-        if center_labels:
-            t = t - label_scale / num_classes
-        return t
-
-    def compute_dtype(data):
-        return jnp.dtype(dtype) if dtype is not None else jnp.result_type(data.x.dtype,
-                                                                            jnp.float32)
-
-    def init_fn(key, data):
-        k = data.num_classes
-        if k < 2:
-            raise ValueError("kip needs data with num_classes >= 2 (a jdd.data.Dataset).")
-        _check_ipc_if_concrete(data, ipc)
-        dt = compute_dtype(data)
-        if init == "real":
-            idx = _per_class_indices(key, data.y, k, ipc)
-            x = data.x[idx].astype(dt)
-            labels = data.y[idx]
-        else:
-            mean = jnp.mean(data.x).astype(dt)
-            std = jnp.std(data.x).astype(dt)
-            x = mean + std * jax.random.normal(key, (k * ipc,) + data.x.shape[1:], dt)
-            labels = jnp.repeat(jnp.arange(k), ipc)
-        y = targets(labels, k, dt)
-        params = {"x": x, "y": y} if learn_labels else {"x": x}
-        return KipState(x=x, y=y, opt_state=optimizer.init(params),
-                        step=jnp.zeros((), jnp.int32))
-
-    def loss_fn(params, y_fixed, x_t, y_t):
-        x_s = params["x"]
-        y_s = params["y"] if learn_labels else y_fixed
-        k_ss = kernel_fn(x_s, x_s)
-        k_ts = kernel_fn(x_t, x_s)
-        pred = k_ts @ krr_solve(k_ss, y_s, reg)
-        loss = jnp.mean((pred - y_t) ** 2)
-        acc = jnp.mean((jnp.argmax(pred, -1) == jnp.argmax(y_t, -1)).astype(pred.dtype))
-        return loss, acc
-
-    def step(state, key, data):
-        dt = state.x.dtype
-        n = data.x.shape[0]
-        if batch_size is None or batch_size >= n:
-            x_t, lab_t = data.x, data.y
-        else:
-            idx = jax.random.choice(key, n, (batch_size,), replace=False)
-            x_t, lab_t = data.x[idx], data.y[idx]
-        x_t = x_t.astype(dt)
-        y_t = targets(lab_t, data.num_classes, dt)
-        params = {"x": state.x, "y": state.y} if learn_labels else {"x": state.x}
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state.y, x_t, y_t)
-        updates, opt_state = optimizer.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
-        new = KipState(x=params["x"].astype(dt),
-                       y=params["y"].astype(dt) if learn_labels else state.y,
-                       opt_state=opt_state, step=state.step + 1)
-        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), "batch_acc": acc}
-
-    def synthetic(state):
-        return Synthetic(x=state.x, y=state.y)
-
-    return Distiller(init=init_fn, step=step, synthetic=synthetic)
+    param = pixels(init=init, labels="raw" if learn_labels else "hard",
+                   label_scale=label_scale, center_labels=center_labels, dtype=dtype)
+    objective = kip_objective(kernel_fn, reg=reg, batch_size=batch_size,
+                              label_scale=label_scale, center_labels=center_labels)
+    return compose(param, objective, ipc=ipc,
+                   optimizer=optax.adam(0.01) if optimizer is None else optimizer,
+                   augment=augment, extra=extra)

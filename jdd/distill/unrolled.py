@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdd.distill.core import Distiller, Synthetic, bilevel, init_per_class
+from jdd.distill.compose import Objective, Out, Probe, compose, pixels
+from jdd.distill.core import Distiller, sample_rows
 from jdd.models import Model
 from jdd.train import TrainConfig, check_config, init_and_fit, loss_fn
 
@@ -32,11 +33,75 @@ from jdd.train import TrainConfig, check_config, init_and_fit, loss_fn
 LOG_LR_BOUNDS = (math.log(1e-5), math.log(10.0))
 
 
+def performance_matching(model: Model, *, inner: TrainConfig = TrainConfig(steps=20),
+                         batch_size: int = 256, inner_lr: float = 0.01,
+                         learn_lr: bool = True) -> Objective:
+    """The unrolled objective: train a fresh network on the synthetic set, score it on real data.
+
+    ``loss = CE(f_T(x_real), y_real)`` where ``f_T`` is ``model`` initialised from the step's key
+    and trained for ``inner.steps`` steps on the (augmented) synthetic set with learning rate
+    ``exp(log_lr)`` by :func:`jdd.train.fit` (its memory strategies, including RaT-BPTT's random
+    truncation, apply). The gradient flows through the whole inner run.
+
+    Args:
+        model: the learner network.
+        inner: inner training recipe.
+        batch_size: real examples per outer step.
+        inner_lr: initial inner learning rate.
+        learn_lr: learn the inner rate (log-parameterised, clipped to ``LOG_LR_BOUNDS``); else
+            ``inner_lr`` is used exactly.
+
+    Returns:
+        An :class:`jdd.distill.compose.Objective` with learnable ``{"log_lr": ()}``; metrics
+        ``accuracy`` (real batch, after inner training) and ``inner_lr``.
+    """
+    check_config(inner)
+    if not inner_lr > 0 or not math.isfinite(inner_lr):
+        raise ValueError(f"inner_lr must be a finite number > 0; got {inner_lr}.")
+    ce = loss_fn("ce")
+
+    def init(key, data, syn):
+        return {"log_lr": jnp.asarray(math.log(inner_lr), syn.x.dtype)}, ()
+
+    def lr_of(params):
+        log_lr = params["log_lr"] if learn_lr else jax.lax.stop_gradient(params["log_lr"])
+        return jnp.exp(log_lr)
+
+    def loss(params, syn, classes, data, key, state, augment):
+        k_batch, k_obj = jax.random.split(key)
+        batch = sample_rows(k_batch, data, batch_size)
+        k_fit, k_out = jax.random.split(k_obj)
+        x_s, x_r = syn.x, batch.x
+        if augment is not None:
+            k_aug = jax.random.fold_in(k_out, 7)
+            x_s, x_r = augment(k_aug, x_s), augment(k_aug, x_r)
+        trained = init_and_fit(model, k_fit, x_s, syn.y, lr_of(params), inner)
+        out = model.apply(trained, x_r)
+        value = ce(out, jax.nn.one_hot(batch.y, out.shape[-1], dtype=out.dtype))
+        acc = jnp.mean(jnp.argmax(out, -1) == batch.y)
+        probe = Probe(params=trained, x_real=x_r, y_real=batch.y, x_syn=x_s, y_syn=classes)
+        return Out(value, {"accuracy": acc, "inner_lr": lr_of(params)}, probe)
+
+    def finalize(params, syn):
+        return syn.replace(lr=jnp.exp(params["log_lr"]))
+
+    def project(params):
+        return {"log_lr": jnp.clip(params["log_lr"], *LOG_LR_BOUNDS)}
+
+    return Objective(init=init, loss=loss, finalize=finalize,
+                     project=project if learn_lr else None, model=model,
+                     name=f"performance matching[{model.name}, {inner.steps} inner steps]")
+
+
 def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=20),
              optimizer: optax.GradientTransformation | None = None, batch_size: int = 256,
              init: str = "real", inner_lr: float = 0.01, learn_labels: bool = True,
-             learn_lr: bool = True, label_init: float = 3.0) -> Distiller:
+             learn_lr: bool = True, label_init: float = 3.0, augment=None,
+             extra=()) -> Distiller:
     """Unrolled meta-gradient distiller with learnable inputs, soft labels and inner lr.
+
+    The composition ``pixels(labels="softmax") x performance_matching(...)`` on
+    :func:`jdd.distill.compose.compose`.
 
     Args:
         model: the learner network (pure init/apply), e.g. ``make_model("mlp", 10)``.
@@ -45,12 +110,16 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
             distilled set with the same recipe and its learned learning rate.
         optimizer: outer optimizer (default ``optax.adam(1e-2)``).
         batch_size: real examples per outer step.
-        init: ``"real"`` (random real examples of each class) or ``"noise"`` (standard normal).
+        init: ``"real"`` (random real examples of each class) or ``"noise"`` (Gaussian with the
+            data's mean and std).
         inner_lr: initial inner learning rate.
         learn_labels: learn soft labels (label logits); else keep one-hot targets.
         learn_lr: learn the inner learning rate (log-parameterised; the learned value is clipped
             to LOG_LR_BOUNDS). When False, ``inner_lr`` is used exactly as given.
         label_init: initial logit of the true class (others 0), i.e. a softened one-hot.
+        augment: optional ``(key, x) -> x`` applied with one draw to the synthetic set and the
+            real batch.
+        extra: extra loss terms (:class:`jdd.distill.compose.ExtraTerm`).
 
     Returns:
         A :class:`jdd.distill.Distiller`. ``step(state, key, data)`` takes ``data`` a
@@ -68,48 +137,9 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
         >>> r.synthetic.x.shape
         (2, 10, 8, 8, 1)
     """
-    check_config(inner)
-    if init not in ("real", "noise"):
-        raise ValueError(f"unknown init {init!r}; valid: real, noise.")
-    if not inner_lr > 0:
-        raise ValueError(f"inner_lr must be > 0; got {inner_lr}.")
-    optimizer = optimizer or optax.adam(1e-2)
-    ce = loss_fn("ce")
-
-    def init_params(key, data):
-        k = data.num_classes
-        x, y = init_per_class(key, data, ipc)
-        if init == "noise":
-            x = jax.random.normal(jax.random.fold_in(key, 1), x.shape, x.dtype)
-        logits = label_init * jax.nn.one_hot(y, k, dtype=x.dtype)
-        return {"x": x, "label_logits": logits,
-                "log_lr": jnp.asarray(math.log(inner_lr), x.dtype)}
-
-    def targets(params):
-        logits = params["label_logits"]
-        if not learn_labels:
-            logits = jax.lax.stop_gradient(logits)
-            return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=logits.dtype)
-        return jax.nn.softmax(logits)
-
-    def lr_of(params):
-        log_lr = params["log_lr"] if learn_lr else jax.lax.stop_gradient(params["log_lr"])
-        return jnp.exp(log_lr)
-
-    def fit(params, key):
-        return init_and_fit(model, key, params["x"], targets(params), lr_of(params), inner)
-
-    def outer_loss(trained, batch, params, key):
-        out = model.apply(trained, batch.x)
-        loss = ce(out, jax.nn.one_hot(batch.y, out.shape[-1], dtype=out.dtype))
-        acc = jnp.mean(jnp.argmax(out, -1) == batch.y)
-        return loss, {"accuracy": acc, "inner_lr": lr_of(params)}
-
-    def project(params):
-        return {**params, "log_lr": jnp.clip(params["log_lr"], *LOG_LR_BOUNDS)}
-
-    def to_synthetic(params):
-        return Synthetic(x=params["x"], y=targets(params), lr=jnp.exp(params["log_lr"]))
-
-    return bilevel(init_params, fit, outer_loss, optimizer, batch_size=batch_size,
-                   to_synthetic=to_synthetic, project=project if learn_lr else None)
+    param = pixels(init=init, labels="softmax" if learn_labels else "hard",
+                   label_init=label_init)
+    objective = performance_matching(model, inner=inner, batch_size=batch_size,
+                                     inner_lr=inner_lr, learn_lr=learn_lr)
+    return compose(param, objective, ipc=ipc, optimizer=optimizer or optax.adam(1e-2),
+                   augment=augment, extra=extra)
