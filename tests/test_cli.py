@@ -88,23 +88,57 @@ def test_distill_closed_form_end_to_end(tmp_path, solver):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--method", "magic"], "valid methods: unrolled, kip, krr-closed-form"),
-    (["--method", "unrolled", "--dataset", "imagenet"], "valid datasets: digits"),
+    (["--method", "magic"], "valid methods: unrolled, kip, krr-closed-form, dc"),
+    (["--method", "unrolled", "--dataset", "imagenet"], "--dataset: expected one of: digits"),
     (["--method", "unrolled", "--ipc", "500"], "ipc=500 but class"),
-    (["--method", "unrolled", "--model", "resnet"], "valid models: mlp, convnet, two_layer"),
-    (["--method", "unrolled", "--memory", "remat"], "valid: unroll, checkpoint, truncated"),
-    (["--method", "unrolled", "--seeds", "0"], "--seeds must be >= 1"),
-    (["--method", "kip", "--kernel", "laplace"], "valid kernels:"),
-    (["--method", "krr-closed-form", "--features", "poly"], "valid: linear, rff, fcnn"),
+    (["--method", "unrolled", "--model", "vgg"], "--model: expected one of: mlp"),
+    (["--method", "unrolled", "--memory", "remat"], "--memory: expected one of: unroll"),
+    (["--method", "unrolled", "--seeds", "0"], "--seeds: expected an integer >= 1 and <= 4096; got 0"),
+    (["--method", "unrolled", "--steps", "0"], "--steps: expected an integer >= 1"),
+    (["--method", "unrolled", "--lr", "nan"], "--lr: expected a number > 0"),
+    (["--method", "unrolled", "--lr", "0"], "--lr: expected a number > 0"),
+    (["--method", "unrolled", "--lr", "-1"], "--lr: expected a number > 0"),
+    (["--method", "unrolled", "--inner-lr", "-0.1"], "--inner-lr: expected a number > 0"),
+    (["--method", "unrolled", "--inner-lr", "0"], "--inner-lr: expected a number > 0"),
+    (["--method", "unrolled", "--zca-reg", "-1"], "--zca-reg: expected a number >= 0"),
+    (["--method", "unrolled", "--norm", "batch"], "--norm: expected one of: instance"),
+    (["--method", "unrolled", "--hidden", "0"], "--hidden: expected a tuple of integers >= 1"),
+    (["--method", "unrolled", "--inner-optimizer", "lbfgs"], "--inner-optimizer: expected one"),
+    (["--method", "unrolled", "--full-data-epochs", "0"], "--full-data-epochs: expected an"),
+    (["--method", "unrolled", "--batch-size", "abc"], "--batch-size: expected an integer"),
+    (["--method", "unrolled", "--kernel", "fc-ntk"], "not an option of --method unrolled"),
+    (["--method", "kip", "--kernel", "laplace"], "--kernel: expected one of: fc-ntk"),
+    (["--method", "kip", "--kernel-depth", "-1"], "--kernel-depth: expected an integer >= 1 and <= 64"),
+    (["--method", "kip", "--kernel-depth", "0"], "--kernel-depth: expected an integer >= 1 and <= 64"),
+    (["--method", "kip", "--reg", "-0.001"], "--reg: expected a number >= 0"),
+    (["--method", "kip", "--init", "zeros"], "--init: expected one of: real, noise"),
+    (["--method", "krr-closed-form", "--features", "poly"], "--features: expected one of"),
+    (["--method", "krr-closed-form", "--lam-s", "-1"], "--lam-s: expected a number >= 0"),
     (["--method", "unrolled", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "MNIST"),
 ])
 def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, capsys, argv, msg):
     out = tmp_path / "never"
-    rc = main(["distill", *argv, "--steps", "2", "--out", str(out), "--quiet"])
+    rc = main(["distill", *argv, "--out", str(out), "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert msg in err and err.count("\n") == 1
+    assert msg in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "not-writable"])
+def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch, where):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    out = {"file": f, "under-file": f / "run", "not-writable": tmp_path / "ro" / "run"}[where]
+    if where == "not-writable":  # root ignores permission bits: make the check itself say no
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(tmp_path)
+                            else real(p, m))
+    rc = main(["distill", "--method", "unrolled", "--dataset", "mnist", "--data-dir",
+               "/nonexistent", "--out", str(out), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "MNIST" not in err  # refused before the data was looked at
 
 
 def test_evaluate_missing_run(tmp_path, capsys):
@@ -113,13 +147,18 @@ def test_evaluate_missing_run(tmp_path, capsys):
 
 
 def test_help_is_complete(capsys):
-    for argv in (["--help"], ["distill", "--help"], ["evaluate", "--help"]):
+    for argv in (["--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 0
+    from jdd import methods
+    for name in methods.names():
+        assert main(["distill", "--method", name, "--help"]) == 0
+    assert main(["distill", "--help"]) == 0
     text = capsys.readouterr().out
     for word in ("--method", "--ipc", "--seeds", "--steps", "--out", "--quiet", "--model",
-                 "--kernel", "--features", "--n-models", "--memory", "--preprocess"):
-        assert word in text
+                 "--kernel", "--features", "--n-models", "--memory", "--preprocess", "--lr-net",
+                 "--buffer"):
+        assert word in text, word
     assert main(["methods"]) == 0
     assert "krr-closed-form" in capsys.readouterr().out
