@@ -6,8 +6,9 @@ half-written ``distilled.npz``, ``metrics.json`` or PNG behind.
 
 ``distilled.npz`` layout:
 
-* ``x``: (seeds, m, *feature_shape) float32 synthetic inputs, in the *preprocessed* space;
-* ``y``: (seeds, m, k) float32 targets (soft labels / KRR targets);
+* ``x``: (seeds, m, *feature_shape) float32 synthetic inputs, in the *preprocessed* space
+  (float64 when the set was constructed in float64, as the exact closed form is);
+* ``y``: (seeds, m, k) float32 (or float64, as ``x``) targets (soft labels / KRR targets);
 * ``lr``: (seeds,) float32 learned inner learning rate (NaN when none);
 * ``pre_*``: the fitted preprocessing (:class:`jdd.data.Preprocessor`), so
   ``Preprocessor.from_arrays(npz).invert(x)`` gives images in the original pixel space and
@@ -105,8 +106,10 @@ def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) 
         ValueError: wrong shapes, NaN/inf in ``x`` or ``y``, inf or negative ``lr``, ``meta``
             missing a required key or not JSON-serialisable; nothing is written then.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.float32)
+    # float64 sets (the exact closed form) stay float64: rounding them would break exactness
+    dt = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+    x = np.asarray(x, dt)
+    y = np.asarray(y, dt)
     lr = np.asarray(lr, np.float32).reshape(-1)
     if x.ndim < 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2] or lr.shape != (x.shape[0],):
         raise ValueError(f"expected x (seeds, m, ...), y (seeds, m, k), lr (seeds,); got "

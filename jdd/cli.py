@@ -10,6 +10,7 @@ Run ``jdd COMMAND --help`` for every option.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import platform
@@ -197,6 +198,21 @@ def storage(x, y, lr, hard_labels: bool) -> dict:
             "total_bytes": 4 * (x_f + y_f + lr_f)}
 
 
+@contextlib.contextmanager
+def _precision_of(x):
+    """Evaluate a float64 set (the exact closed form) in float64, data included; float32 sets
+    as they are. Yields two functions that cast a Dataset's inputs accordingly."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    if np.asarray(x).dtype != np.float64:
+        yield (lambda d: d), (lambda d: d)
+        return
+    cast = lambda d: d.replace(x=jnp.asarray(np.asarray(d.x), jnp.float64))  # noqa: E731
+    with jax.enable_x64(True):
+        yield cast, cast
+
+
 def cmd_distill(argv: list[str]) -> int:
     import jax
     import numpy as np
@@ -255,13 +271,15 @@ def cmd_distill(argv: list[str]) -> int:
     if rc.eval:
         t0 = time.perf_counter()
         ekey = jax.random.key(rc.seed + 10_000)
-        per_seed = [evaluate_set(run.learner, jax.random.fold_in(ekey, s), x[s], y[s], test,
-                                 rc.n_models, lr[s]) for s in range(rc.seeds)]
-        result = _pool(per_seed)
-        rand = evaluate_random_subset(run.learner, jax.random.fold_in(ekey, 1 << 20), train, test,
-                                      rc.ipc, rc.n_models).to_dict()
-        full = evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), train, test,
-                                  rc.n_models).to_dict()
+        with _precision_of(x) as (tr, te):
+            tr, te = tr(train), te(test)
+            per_seed = [evaluate_set(run.learner, jax.random.fold_in(ekey, s), x[s], y[s], te,
+                                     rc.n_models, lr[s]) for s in range(rc.seeds)]
+            result = _pool(per_seed)
+            rand = evaluate_random_subset(run.learner, jax.random.fold_in(ekey, 1 << 20), tr, te,
+                                          rc.ipc, rc.n_models).to_dict()
+            full = evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), tr, te,
+                                      rc.n_models).to_dict()
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -429,20 +447,22 @@ def cmd_evaluate(a) -> int:
     _say(c.quiet, f"evaluating {ds.x.shape[0]} seed(s) x {c.n_models} models with "
                   f"{learner.name}" + (" and both baselines" if c.baselines else ""))
     key = jax.random.key(a.seed)
-    per_seed = [evaluate_set(learner, jax.random.fold_in(key, s), ds.x[s], ds.y[s], test,
-                             a.n_models, ds.lr[s]) for s in range(ds.x.shape[0])]
-    out = {"run": os.path.abspath(run_dir), "method": meta["method"], "dataset": meta["dataset"],
-           "ipc": meta["ipc"], "learner_config": learner.config, "result": _pool(per_seed)}
-    rows = [(f"distilled ({meta['method']}, ipc {meta['ipc']})", out["result"])]
-    if not a.no_baselines:
-        ipc = int(meta["ipc"])
-        out["baselines"] = {
-            "random_subset": evaluate_random_subset(learner, jax.random.fold_in(key, 1 << 20),
-                                                    train, test, ipc, a.n_models).to_dict(),
-            "full_data": evaluate_full_data(learner, jax.random.fold_in(key, 1 << 21), train,
-                                            test, a.n_models).to_dict()}
-        rows += [(f"random subset (ipc {ipc})", out["baselines"]["random_subset"]),
-                 ("full data", out["baselines"]["full_data"])]
+    with _precision_of(ds.x) as (cast, _):
+        train, test = cast(train), cast(test)
+        per_seed = [evaluate_set(learner, jax.random.fold_in(key, s), ds.x[s], ds.y[s], test,
+                                 a.n_models, ds.lr[s]) for s in range(ds.x.shape[0])]
+        out = {"run": os.path.abspath(run_dir), "method": meta["method"], "dataset": meta["dataset"],
+               "ipc": meta["ipc"], "learner_config": learner.config, "result": _pool(per_seed)}
+        rows = [(f"distilled ({meta['method']}, ipc {meta['ipc']})", out["result"])]
+        if not a.no_baselines:
+            ipc = int(meta["ipc"])
+            out["baselines"] = {
+                "random_subset": evaluate_random_subset(learner, jax.random.fold_in(key, 1 << 20),
+                                                        train, test, ipc, a.n_models).to_dict(),
+                "full_data": evaluate_full_data(learner, jax.random.fold_in(key, 1 << 21), train,
+                                                test, a.n_models).to_dict()}
+            rows += [(f"random subset (ipc {ipc})", out["baselines"]["random_subset"]),
+                     ("full data", out["baselines"]["full_data"])]
     out["versions"] = versions()
     path = os.path.join(run_dir, f"eval-{tag}.json")
     write_json(path, out)

@@ -87,6 +87,23 @@ def test_distill_closed_form_end_to_end(tmp_path, solver):
     assert "ridge[linear" in m["result"]["learner"]
 
 
+@pytest.mark.parametrize("features", ["linear", "rff", "fcnn"])
+@pytest.mark.parametrize("init", ["noise", "real"])
+def test_closed_form_defaults_reproduce_the_original_model(tmp_path, features, init):
+    """With the DEFAULT flags (float64 construction and evaluation) the distilled set's ridge
+    model is the original one: identical test accuracy, W equal to float64 rounding."""
+    out = tmp_path / f"cf-{features}-{init}"
+    rc = main(["distill", "--method", "krr-closed-form", "--features", features, "--init", init,
+               "--ipc", "1", "--n-models", "1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["float64"] is True
+    assert (m["result"]["test_accuracy_mean"]
+            == m["baselines"]["full_data"]["test_accuracy_mean"])
+    assert max(m["closed_form"]["rel_err_W"]) < 1e-8
+    assert load_distilled(out).x.dtype == np.float64
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--method", "magic"], "valid methods: unrolled, kip, krr-closed-form, dc"),
     (["--method", "unrolled", "--dataset", "imagenet"], "--dataset: expected one of: digits"),

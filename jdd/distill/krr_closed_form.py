@@ -699,8 +699,8 @@ def _run_in(cfg, spec, train, keys, progress):
     extra = {"closed_form": {"rel_err_W": rel,
                              "feature_err": [float(r.feature_err) for r in results],
                              "lam_s_max": [float(r.lam_s_max) for r in results]}}
-    x = np.stack([np.asarray(r.x_s, np.float32) for r in results])
-    y = np.stack([np.asarray(r.y_s, np.float32) for r in results])
+    x = np.stack([np.asarray(r.x_s) for r in results])  # float64 runs stay float64 (exact)
+    y = np.stack([np.asarray(r.y_s) for r in results])
     lr = np.full((len(keys),), np.nan, np.float32)
     return MethodRun(x, y, lr, seconds, learner, {}, np.zeros(0), info, extra)
 
