@@ -163,6 +163,67 @@ def test_evaluate_missing_run(tmp_path, capsys):
     assert "distilled.npz" in capsys.readouterr().err
 
 
+def _saved_set(tmp_path, **change):
+    """A valid small digits run folder written with save_distilled (no distillation)."""
+    from jdd.artifacts import save_distilled
+    from jdd.data import load_digits, preprocess
+    train, test = load_digits()
+    _, _, pre = preprocess(train, test, "standardize")
+    x = np.zeros((1, 10, 8, 8, 1), np.float32)
+    y = np.eye(10, dtype=np.float32)[None]
+    meta = {"method": "unrolled", "dataset": "digits", "ipc": 1, "num_classes": 10,
+            "learner": {"kind": "network", "model": "mlp(hidden=(16,))", "steps": 3,
+                        "optimizer": "adam", "lr_default": 0.01}}
+    arrays = {"x": x, "y": y, "lr": np.array([0.05], np.float32), "meta": meta}
+    arrays.update(change)
+    path = tmp_path / "run"
+    save_distilled(path / "distilled.npz", arrays["x"], arrays["y"], arrays["lr"], pre,
+                   arrays["meta"])
+    return path
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--model", "vgg"], "--model: expected one of"),
+    (["--n-models", "0"], "--n-models: expected an integer >= 1"),
+    (["--lr", "nan"], "--lr: expected a number > 0"),
+    (["--memory", "unroll"], "unrecognized arguments: --memory"),
+])
+def test_evaluate_bad_options_are_refused(tmp_path, capsys, argv, msg):
+    run = _saved_set(tmp_path)
+    with pytest.raises(SystemExit) if "unrecognized" in msg else _nothing():
+        rc = main(["evaluate", str(run), *argv])
+        assert rc == 2
+    assert msg in capsys.readouterr().err
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_evaluate_refuses_a_set_for_another_dataset_shape(tmp_path, capsys):
+    run = _saved_set(tmp_path, x=np.zeros((1, 10, 8, 8, 1), np.float32),
+                     y=np.eye(12, dtype=np.float32)[None, :10],
+                     meta={"method": "unrolled", "dataset": "digits", "ipc": 1})
+    assert main(["evaluate", str(run), "--n-models", "1", "--no-baselines"]) == 2
+    assert "labels for 12 classes" in capsys.readouterr().err
+
+
+def test_evaluate_uses_the_learned_lr_only_on_its_own_architecture(tmp_path):
+    from jdd.cli import EvaluateConfig, _eval_learner
+    from jdd.data import load_digits
+    run = _saved_set(tmp_path)
+    meta = load_distilled(run).meta
+    train, _ = load_digits()
+    _, _, same = _eval_learner(EvaluateConfig(), meta, train)
+    _, _, other = _eval_learner(EvaluateConfig(model="convnet", width=8, depth=2), meta, train)
+    _, _, given = _eval_learner(EvaluateConfig(lr=0.1), meta, train)
+    assert (same, other, given) == (True, False, False)
+
+
 def test_help_is_complete(capsys):
     for argv in (["--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as e:
