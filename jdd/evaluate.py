@@ -10,6 +10,10 @@ learner:
 * :func:`evaluate_full_data`: models trained on the whole training set (for a network learner, with
   minibatches and more steps: ``full_data_config``).
 
+:func:`protocol_learner` is the field's own recipe (DC/DSA/DM/MTT): a fixed number of epochs of SGD
+with momentum 0.9, weight decay 5e-4, lr 0.01 x0.1 at half, batch 256, optionally with DSA
+augmentation, and the same recipe on the whole training set for the full-data baseline.
+
 Nothing here looks at the test set except to report the final accuracy: no checkpoint or
 hyperparameter is ever selected on it.
 """
@@ -26,7 +30,7 @@ import numpy as np
 
 from jdd.data.dataset import Dataset, per_class_indices
 from jdd.models import Model
-from jdd.train import TrainConfig, accuracy, check_config, init_and_fit
+from jdd.train import TrainConfig, accuracy, check_config, init_and_fit, protocol_config
 
 
 class Learner(NamedTuple):
@@ -85,9 +89,36 @@ def full_data_config(cfg: TrainConfig, n: int, *, epochs: int = 30,
     return cfg._replace(steps=steps, batch_size=batch_size, memory="unroll")
 
 
+def augment_name(augment: Callable | None) -> str:
+    """A short description of an augmentation for learner names and metrics.json.
+
+    ``"none"`` for None; else the augmentation's ``name`` attribute when it is a string (set one
+    on your function, e.g. ``f.name = "dsa(color_crop)"``), the wrapped function's name for a
+    ``functools.partial``, or its ``__name__``.
+    """
+    if augment is None:
+        return "none"
+    name = getattr(augment, "name", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(augment, functools.partial):
+        return augment_name(augment.func)
+    return getattr(augment, "__name__", type(augment).__name__)
+
+
+def _augment_config(augment: Callable | None) -> dict:
+    """``{"augmentation": name}`` plus ``"augmentation_doc"`` (the first line of its docstring,
+    which for jdd.augment's DSA spells out strategy, mode and parameters) when there is one."""
+    out = {"augmentation": augment_name(augment)}
+    doc = (getattr(augment, "__doc__", None) or "").strip() if augment is not None else ""
+    if doc:
+        out["augmentation_doc"] = doc.splitlines()[0]
+    return out
+
+
 def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
                     full_data: TrainConfig | None = None, full_data_lr: float | None = None,
-                    name: str | None = None) -> Learner:
+                    name: str | None = None, augment: Callable | None = None) -> Learner:
     """A neural-network learner: fresh init from the key, then :func:`jdd.train.fit`.
 
     Args:
@@ -98,24 +129,102 @@ def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
             the size of the training set is known).
         full_data_lr: learning rate for the full-data baseline (default ``lr``).
         name: description (default from the model and recipe).
+        augment: optional ``augment(key, x) -> x`` applied to every minibatch (see
+            :func:`jdd.train.fit`), for this learner and its full-data baseline; recorded in
+            ``config["augmentation"]`` (the key is absent when None).
     """
     check_config(cfg)
     name = name or f"{model.name} [{cfg.optimizer}, {cfg.steps} steps]"
 
     def fit(key, x, y, set_lr):
         use = jnp.where(jnp.isfinite(set_lr), set_lr, lr)
-        return init_and_fit(model, key, x, y, use, cfg)
+        return init_and_fit(model, key, x, y, use, cfg, augment)
 
     def acc(params, x, y):
         return accuracy(model, params, x, y)
 
     config = {"kind": "network", "model": model.name, "lr_default": lr, **cfg._asdict()}
+    if augment is not None:
+        config.update(_augment_config(augment))
     full = None
     if full_data is not None:
         full = network_learner(model, full_data, full_data_lr or lr,
                                name=f"{model.name} [{full_data.optimizer}, {full_data.steps} steps,"
-                                    f" batch {full_data.batch_size}]")
+                                    f" batch {full_data.batch_size}]", augment=augment)
     return Learner(name=name, fit=fit, accuracy=acc, config=config, full_data=full)
+
+
+def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size: int = 256,
+                     momentum: float = 0.9, weight_decay: float = 5e-4,
+                     augment: Callable | None = None, full_data_epochs: int | None = None,
+                     name: str | None = None) -> Learner:
+    """The DC/DSA/DM/MTT evaluation protocol as a :class:`Learner`.
+
+    Each model: fresh init from its key, then ``epochs * ceil(m / batch_size)`` steps of SGD with
+    momentum and coupled weight decay (torch's ``SGD``), lr x0.1 at half of the steps, on
+    minibatches of ``batch_size`` (full batch when ``m <= batch_size``), each minibatch passed
+    through ``augment`` (DSA in per-image mode in DSA/DM/MTT); see
+    :func:`jdd.train.protocol_config` for the facts checked in the official code and the small
+    differences. The number of steps is computed from the static size ``m = x.shape[0]`` of the
+    set at fit time, so one learner serves sets of any size. A set's learned lr (not NaN)
+    overrides ``lr``. The full-data baseline uses the same recipe, augmentation included, on the
+    whole training set for ``full_data_epochs`` (default ``epochs``) epochs.
+
+    Args:
+        model: the network (the protocol's is ``make_model("convnet", k)``: ConvNet-D3, width
+            128, instance norm).
+        epochs: training epochs (300 in DC without augmentation; 1000 in DSA, DM and MTT).
+        lr: default learning rate (0.01 in the official code).
+        batch_size: minibatch size (256).
+        momentum: SGD momentum (0.9).
+        weight_decay: coupled weight decay (5e-4).
+        augment: optional ``augment(key, x) -> x`` applied to every minibatch.
+        full_data_epochs: epochs of the full-data baseline (default ``epochs``).
+        name: description (default from the model and the recipe).
+
+    Returns:
+        A :class:`Learner` whose ``config`` (for metrics.json) holds the model, epochs, lr,
+        momentum, weight decay, batch size, schedule and augmentation.
+
+    Example:
+        >>> from jdd.models import make_model
+        >>> ln = protocol_learner(make_model("mlp", 10, hidden=(16,)), epochs=300)
+        >>> ln.config["epochs"], ln.config["schedule"], ln.full_data.config["epochs"]
+        (300, 'step', 300)
+    """
+    full_epochs = epochs if full_data_epochs is None else full_data_epochs
+    protocol_config(1, epochs=epochs, batch_size=batch_size)        # validates the numbers
+    protocol_config(1, epochs=full_epochs, batch_size=batch_size)
+    aug = augment_name(augment)
+
+    def make(ep: int, label: str) -> Learner:
+        def fit(key, x, y, set_lr):
+            cfg = protocol_config(x.shape[0], epochs=ep, batch_size=batch_size,
+                                  momentum=momentum, weight_decay=weight_decay)
+            use = jnp.where(jnp.isfinite(set_lr), set_lr, lr)
+            return init_and_fit(model, key, x, y, use, cfg, augment)
+
+        def acc(params, x, y):
+            return accuracy(model, params, x, y)
+
+        cfg = protocol_config(1, epochs=ep, batch_size=batch_size, momentum=momentum,
+                              weight_decay=weight_decay)
+        config = {"kind": "network", "recipe": "protocol", "model": model.name,
+                  "epochs": ep, "lr_default": lr,
+                  **{k: v for k, v in cfg._asdict().items() if k != "steps" and k != "truncate"},
+                  "steps_rule": "epochs * ceil(set size / batch_size)",
+                  "schedule_rule": "lr x0.1 from step steps // 2",
+                  **_augment_config(augment)}
+        return Learner(name=label, fit=fit, accuracy=acc, config=config)
+
+    def label(ep):
+        return (f"{model.name} [sgd-momentum {momentum}, wd {weight_decay:g}, lr {lr:g} step, "
+                f"{ep} epochs, batch {batch_size}, aug {aug}]")
+
+    full = make(full_epochs, label(full_epochs))
+    small = make(epochs, name or label(epochs))
+    config = dict(small.config, full_data_epochs=full_epochs)
+    return small._replace(config=config, full_data=full)
 
 
 def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr") -> Learner:

@@ -50,8 +50,129 @@ def test_convnet_parameter_count_matches_the_dd_convnet():
 
 
 def test_unknown_names():
-    with pytest.raises(ValueError, match="valid models: mlp, convnet, two_layer"):
-        make_model("resnet", 10)
+    with pytest.raises(ValueError, match="valid models: mlp, convnet, two_layer, resnet"):
+        make_model("vgg", 10)
     with pytest.raises(ValueError, match="valid:"):
         m = make_model("mlp", 2, activation="swishy")
         m.init(jax.random.key(0), jnp.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("name,kw,msg", [
+    ("convnet", {"norm": "batch"}, "unknown norm 'batch'; valid: instance, layer, none"),
+    ("resnet", {"norm": "batchnorm"}, "unknown norm 'batchnorm'; valid: instance, layer, none"),
+    ("convnet", {"pooling": "median"}, "unknown pooling 'median'; valid: avg, max, none"),
+    ("convnet", {"activation": "swishy"}, "unknown activation 'swishy'; valid: relu"),
+    ("resnet", {"activation": "swishy"}, "unknown activation 'swishy'; valid: relu"),
+    ("two_layer", {"activation": "swishy"}, "unknown activation"),
+    ("convnet", {"width": 0}, "width must be an integer >= 1; got 0"),
+    ("convnet", {"depth": 0}, "depth must be an integer >= 1; got 0"),
+    ("convnet", {"depth": 2.5}, "depth must be an integer >= 1"),
+    ("resnet", {"width": -4}, "width must be an integer >= 1"),
+    ("resnet", {"stages": ()}, "at least one stage"),
+    ("resnet", {"stages": (2, 0)}, "every stage's block count must be an integer >= 1; got 0"),
+    ("mlp", {"hidden": (32, 0)}, "every hidden width must be an integer >= 1; got 0"),
+    ("two_layer", {"width": 0}, "width must be an integer >= 1; got 0"),
+    ("convnet", {"widht": 8}, "unknown keyword\\(s\\) widht for model 'convnet'; valid: width"),
+    ("two_layer", {"hidden": (3,)}, "unknown keyword\\(s\\) hidden for model 'two_layer'"),
+])
+def test_bad_names_and_values_raise_at_make_model(name, kw, msg):
+    # make_model itself raises (no init, no tracing needed)
+    with pytest.raises(ValueError, match=msg):
+        make_model(name, 10, **kw)
+
+
+@pytest.mark.parametrize("name,kw,shape,feat_shapes", [
+    ("mlp", {"hidden": (32, 16)}, (8, 8, 1), [(3, 32), (3, 16)]),
+    ("mlp", {"hidden": ()}, (5,), [(3, 5)]),
+    ("two_layer", {"width": 12}, (5,), [(3, 12)]),
+    ("convnet", {"width": 8, "depth": 3}, (8, 8, 1),
+     [(3, 4, 4, 8), (3, 2, 2, 8), (3, 1, 1, 8), (3, 8)]),
+    ("convnet", {"width": 8, "depth": 3}, (28, 28, 1),
+     [(3, 14, 14, 8), (3, 7, 7, 8), (3, 3, 3, 8), (3, 72)]),
+    ("convnet", {"width": 4, "depth": 2, "norm": "layer", "pooling": "none"}, (6, 6, 3),
+     [(3, 6, 6, 4), (3, 6, 6, 4), (3, 144)]),
+    ("resnet", {"width": 4, "stages": (1, 1, 1, 1)}, (8, 8, 1),
+     [(3, 8, 8, 4), (3, 8, 8, 4), (3, 4, 4, 8), (3, 2, 2, 16), (3, 1, 1, 32), (3, 32)]),
+    ("resnet", {"width": 4, "stages": (1, 1)}, (28, 28, 1),
+     [(3, 28, 28, 4), (3, 28, 28, 4), (3, 14, 14, 8), (3, 8)]),
+])
+def test_features_shapes_and_last_entry_is_the_classifier_input(name, kw, shape, feat_shapes):
+    m = make_model(name, 7, **kw)
+    p = m.init(jax.random.key(0), jnp.zeros((1,) + shape))
+    x = jax.random.normal(jax.random.key(1), (3,) + shape)
+    feats = m.features(p, x)
+    assert isinstance(feats, tuple)
+    assert [f.shape for f in feats] == feat_shapes
+    # the classifier is the last top-level Dense layer
+    dense = p[max((k for k in p if k.startswith("Dense_")), key=lambda k: int(k[6:]))]
+    # apply == Dense(features[-1]), through the classifier's own parameters
+    np.testing.assert_allclose(m.apply(p, x), feats[-1] @ dense["kernel"] + dense["bias"],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(m.embed(p, x), feats[-1])
+    # pure, jit- and vmap-able: per-example features equal the batch's rows
+    jf = jax.jit(m.features)(p, x)
+    for a, b in zip(jf, feats):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.embed(p, x[1:2]), feats[-1][1:2], rtol=1e-4, atol=1e-5)
+
+
+def test_convnet_block_features_are_after_norm_activation_and_pooling():
+    m = make_model("convnet", 3, width=4, depth=2)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    p = m.init(jax.random.key(1), x)
+    f1 = m.features(p, x)[0]
+    # by hand: conv -> instance norm -> relu -> 2x2 average pool
+    conv = jax.lax.conv_general_dilated(x, p["Conv_0"]["kernel"], (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = conv + p["Conv_0"]["bias"]
+    mu, var = h.mean(axis=(1, 2), keepdims=True), h.var(axis=(1, 2), keepdims=True)
+    h = (h - mu) / jnp.sqrt(var + 1e-5) * p["GroupNorm_0"]["scale"] + p["GroupNorm_0"]["bias"]
+    h = jnp.maximum(h, 0).reshape(2, 4, 2, 4, 2, 4).mean(axis=(2, 4))
+    np.testing.assert_allclose(f1, h, rtol=1e-4, atol=1e-5)
+
+
+def test_features_are_differentiable_for_distribution_matching():
+    m = make_model("convnet", 10, width=8, depth=2)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    p = m.init(jax.random.key(1), x)
+    g = jax.grad(lambda x: jnp.sum(jnp.mean(m.embed(p, x), 0) ** 2))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)])
+def test_resnet_shapes(shape):
+    m = make_model("resnet", 10, width=8)
+    p = m.init(jax.random.key(0), jnp.zeros((1,) + shape))
+    x = jax.random.normal(jax.random.key(1), (2,) + shape)
+    assert m.apply(p, x).shape == (2, 10)
+    assert m.embed(p, x).shape == (2, 64)
+    np.testing.assert_allclose(m.apply(p, x[:1]), m.apply(p, x)[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_resnet18_parameter_count_matches_dc_resnet18_instance_norm():
+    # DC's ResNet18 (networks.py): bias-free convs, GroupNorm(C, C) affine (2C each),
+    # 3x3 stem of 64, stages (64, 128, 256, 512) x 2 basic blocks, 1x1 conv + norm shortcut
+    # where the shape changes, Linear(512, k).
+    m = make_model("resnet", 10)
+    p = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    n = sum(a.size for a in jax.tree.leaves(p))
+
+    def block(cin, cout):
+        c = 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+        return c + (cin * cout + 2 * cout if cin != cout else 0)
+
+    expect = 9 * 3 * 64 + 2 * 64
+    cin = 64
+    for c in (64, 128, 256, 512):
+        expect += block(cin, c) + block(c, c)
+        cin = c
+    expect += 512 * 10 + 10
+    assert n == expect
+
+
+def test_model_without_features_has_no_embed():
+    from jdd.models import Model
+    m = Model(init=lambda k, x: {}, apply=lambda p, x: x, name="custom")
+    assert m.features is None
+    with pytest.raises(ValueError, match="no features function"):
+        m.embed({}, jnp.zeros((1, 2)))
