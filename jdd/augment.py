@@ -739,7 +739,11 @@ def _build(names: tuple[str, ...], mode: str, siamese: bool, params: DSAParams) 
 
     augment.__doc__ = (f"DSA augment(key, x) -> x: strategy={'_'.join(names)!r}, mode={mode!r}, "
                        f"siamese={siamese}, params={params}.")
-    return jax.jit(augment)
+    f = jax.jit(augment)
+    # the name learners and metrics.json show (jdd.evaluate.augment_name)
+    f.name = (f"dsa({'_'.join(names)}, {mode}, "
+              f"{'siamese' if siamese else 'per-image'})")
+    return f
 
 
 def none() -> Augment:

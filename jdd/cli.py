@@ -2,6 +2,7 @@
 
 ``jdd distill``  distil a dataset (several seeds in one vmapped computation), evaluate, save.
 ``jdd evaluate`` re-evaluate a saved distilled set (e.g. on another architecture).
+``jdd experts``  train expert trajectories for trajectory matching (``--method mtt``).
 ``jdd methods``  list methods, datasets, models and kernels.
 
 Run ``jdd COMMAND --help`` for every option.
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder (or its distilled.npz)")
     from jdd.config import add_arguments
     add_arguments(e, EvaluateConfig)
+    from jdd import experts
+    experts.add_parser(sub)
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
     return p
 
@@ -384,7 +387,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
     same_arch = c.model is None or model.name == saved.get("model")
     lr = c.lr or saved.get("lr_default", 0.01)
     if "epochs" in saved:  # the image protocol (DC/DSA/DM/MTT)
-        aug = saved.get("augment") not in (None, "none") if c.augment == "auto" else (
+        aug = saved.get("augmentation", "none") != "none" if c.augment == "auto" else (
             c.augment == "dsa")
         augment = None
         if aug:
@@ -510,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.command is None:
             parser.print_help()
             return 2
-        return {"evaluate": cmd_evaluate, "methods": cmd_methods}[a.command](a)
+        from jdd import experts
+        return {"evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd}[
+            a.command](a)
     except CLIError as e:
         print(f"jdd {command}: error: {e}", file=sys.stderr)
         return 2
