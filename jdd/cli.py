@@ -361,6 +361,14 @@ class EvaluateConfig:
     quiet: bool = opt(False, "print nothing")
 
 
+def _tag(model_name: str) -> str:
+    """A file-name-safe tag of a model description: ``convnet(depth=2, width=64)`` ->
+    ``convnet-depth=2-width=64`` (the default model keeps its bare name)."""
+    import re
+    tag = re.sub(r"[^A-Za-z0-9=._]+", "-", model_name).strip("-")
+    return tag
+
+
 def _eval_learner(c: EvaluateConfig, meta: dict, train):
     """(learner, tag, use_learned_lr) for a saved run under the evaluate options."""
     from jdd.evaluate import (full_data_config, kernel_learner, network_learner,
@@ -396,7 +404,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         learner = protocol_learner(model, epochs=c.epochs or saved["epochs"], lr=lr,
                                    batch_size=saved.get("batch_size") or 256, augment=augment,
                                    full_data_epochs=saved.get("full_data_epochs"))
-        return learner, name, same_arch and c.lr is None
+        return learner, _tag(model.name), same_arch and c.lr is None
     base = {k: saved[k] for k in TrainConfig._fields if k in saved}
     cfg = TrainConfig(**base) if base else TrainConfig(steps=20)
     if saved.get("kind") != "network":
@@ -405,7 +413,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         cfg = TrainConfig(steps=200, optimizer="adam", loss="mse")
     cfg = cfg._replace(steps=c.steps or cfg.steps, memory="unroll", batch_size=None)
     learner = network_learner(model, cfg, lr, full_data=full_data_config(cfg, train.n))
-    return learner, name, same_arch and c.lr is None
+    return learner, _tag(model.name), same_arch and c.lr is None
 
 
 def cmd_evaluate(a) -> int:

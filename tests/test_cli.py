@@ -50,7 +50,7 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "convnet" in text and "distilled (unrolled, ipc 1)" in text
-    e = json.loads((out / "eval-convnet.json").read_text())
+    e = json.loads((out / "eval-convnet-depth=2-norm=instance-width=8.json").read_text())
     assert e["result"]["n_models"] == 4 and "convnet" in e["result"]["learner"]
 
 
