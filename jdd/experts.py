@@ -33,16 +33,16 @@ run was interrupted or how many experts were trained at once). A folder holding 
 with other settings is refused with one error that names the differing settings.
 
 Example:
-    >>> import jax, tempfile
-    >>> from jdd.data import load_digits
+    >>> import jax, numpy as np, tempfile
+    >>> from jdd.data import Dataset
     >>> from jdd.models import make_model
-    >>> train, _ = load_digits()
-    >>> out = tempfile.mkdtemp()
-    >>> path = train_experts(make_model("mlp", 10, hidden=(8,)), train, n_experts=2, epochs=2,
-    ...                      key=jax.random.key(0), out_dir=out, progress=False)
-    >>> buf = load_buffer(path)
+    >>> x = np.random.default_rng(0).normal(size=(12, 4, 4, 1))
+    >>> train = Dataset.from_arrays(x, np.arange(12) % 3, 3, "toy/train")
+    >>> path = train_experts(make_model("mlp", 3, hidden=(4,)), train, n_experts=2, epochs=2,
+    ...                      key=jax.random.key(0), out_dir=tempfile.mkdtemp(), progress=False)
+    >>> buf = load_buffer(path, dataset="toy")
     >>> buf.n_experts, buf.epochs, buf.trajectory(0).shape
-    (2, 2, (3, 610))
+    (2, 2, (3, 83))
 """
 
 from __future__ import annotations

@@ -257,7 +257,9 @@ def gradient_matching(model: Model, *, outer_loop: int, inner_loop: int,
         outer_loop: synthetic updates per network (see :func:`default_loops`).
         inner_loop: network training epochs between two synthetic updates.
         distance: ``"layerwise"`` (the papers'), ``"mse"`` or ``"cosine"``.
-        batch_real: real examples per class per update.
+        batch_real: real examples per class per update (capped at ``ceil(n / k)`` for ``n``
+            real examples of ``k`` classes; smaller classes are taken whole: see the module
+            docstring).
         lr_net: SGD learning rate of the network.
         net_momentum: SGD momentum of the network (0 in the current official code).
         net_batch: minibatch size of the network's training on the synthetic set.

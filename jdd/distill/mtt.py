@@ -85,20 +85,21 @@ walking through a permutation (identical for the default ``batch_syn`` = whole s
 would make the student ascend).
 
 Example:
-    >>> import jax, tempfile
-    >>> from jdd.data import load_digits
+    >>> import jax, numpy as np, tempfile
+    >>> from jdd.data import Dataset
     >>> from jdd.experts import load_buffer, train_experts
     >>> from jdd.models import make_model
-    >>> train, _ = load_digits()
-    >>> model = make_model("mlp", 10, hidden=(16,))
+    >>> x = np.random.default_rng(0).normal(size=(12, 4, 4, 1))
+    >>> train = Dataset.from_arrays(x, np.arange(12) % 3, 3, "toy/train")
+    >>> model = make_model("mlp", 3, hidden=(4,))
     >>> out = train_experts(model, train, n_experts=2, epochs=3, key=jax.random.key(0),
     ...                     out_dir=tempfile.mkdtemp(), progress=False)
-    >>> d = mtt(model, load_buffer(out), ipc=1, syn_steps=5, expert_epochs=1, max_start_epoch=2,
-    ...         lr_img=100.0)
+    >>> d = mtt(model, load_buffer(out), ipc=1, syn_steps=2, expert_epochs=1, max_start_epoch=2,
+    ...         memory="tesla")
     >>> s = d.init(jax.random.key(1), train)
     >>> s, m = jax.jit(d.step)(s, jax.random.key(2), train)
     >>> d.synthetic(s).x.shape, bool(m["loss"] > 0)
-    ((10, 8, 8, 1), True)
+    ((3, 4, 4, 1), True)
 """
 
 from __future__ import annotations
@@ -232,9 +233,10 @@ def match_loss(model, start, target, x, y, lr, key, *, syn_steps: int,
         >>> x = jax.random.normal(jax.random.key(0), (4, 3))
         >>> y = jax.nn.one_hot(jnp.array([0, 1, 0, 1]), 2)
         >>> p0 = param_layout(m, (3,)).flatten(m.init(jax.random.key(1), x[:1]))
-        >>> loss, _ = match_loss(m, p0, p0 + 0.1, x, y, 0.1, jax.random.key(2), syn_steps=3)
-        >>> bool(loss > 0)
-        True
+        >>> g = jax.jit(jax.grad(lambda x: match_loss(m, p0, p0 + 0.1, x, y, 0.1,
+        ...                                           jax.random.key(2), syn_steps=3)[0]))
+        >>> g(x).shape
+        (4, 3)
     """
     theta = student(model, start, x, y, lr, key, syn_steps=syn_steps, batch_syn=batch_syn,
                     memory=memory, augment=augment)
