@@ -33,21 +33,21 @@ from _common import RESULTS, parse_args, table, write_result  # noqa: E402
 #: issue's reference runs used (outer iterations: DC/DSA 200, DM 2000 / 1000).
 PLANS = {
     "digits": [
-        ("dc", 1, ["--steps", "200"]),
-        ("dsa", 1, ["--steps", "200"]),
+        ("dc", 1, ["--iterations", "200"]),
+        ("dsa", 1, ["--iterations", "200"]),
         ("dm", 1, ["--steps", "2000"]),
         ("mtt", 1, []),
         ("dm", 10, ["--steps", "1000"]),
-        ("dc", 10, ["--steps", "500"]),
-        ("dsa", 10, ["--steps", "500"]),
         ("mtt", 10, []),
+        ("dc", 10, ["--iterations", "100"]),
+        ("dsa", 10, ["--iterations", "100"]),
     ],
     # Fashion-MNIST on a 2-core CPU: a reduced, documented protocol (fewer outer iterations,
     # evaluation epochs as the papers, full-data baseline with fewer epochs).
     "fashion": [
         ("dm", 1, ["--steps", "1000"]),
-        ("dc", 1, ["--steps", "100"]),
-        ("dsa", 1, ["--steps", "100"]),
+        ("dc", 1, ["--iterations", "100"]),
+        ("dsa", 1, ["--iterations", "100"]),
         ("dm", 10, ["--steps", "500"]),
     ],
 }
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     seeds, n_models = (1, 2) if args.quick else (args.seeds, args.n_models)
     train, test = load_dataset(dataset)
     train, test, _ = preprocess(train, test, "standardize")
-    work = tempfile.mkdtemp(prefix="jdd-matching-")
+    work = args.keep or tempfile.mkdtemp(prefix="jdd-matching-")
+    os.makedirs(work, exist_ok=True)
     rows, results = [], []
     buffer_dir = None
     try:
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
             print(table(["method", "ipc", "steps", "distilled %", "random %", "full %",
                          "ref %", "target", "CPU s/it"], rows[-1:]), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(["method", "ipc", "steps", "distilled %", "random %", "full %", "ref %",
                  "target", "CPU s/it"], rows))
@@ -230,6 +232,8 @@ def _extra(p):
     p.add_argument("--only", default=None, help="comma-separated methods to run")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--n-models", type=int, default=5)
+    p.add_argument("--keep", default=None,
+                   help="keep the run folders (distilled sets, metrics) in this folder")
     p.add_argument("--eval-epochs", type=int, default=None)
     p.add_argument("--full-data-epochs", type=int, default=None)
 
@@ -241,6 +245,9 @@ def _default_json():
 
 def _quick(flags):
     out = list(flags)
+    if "--iterations" in out:
+        i = out.index("--iterations")
+        del out[i:i + 2]
     if "--steps" in out:
         out[out.index("--steps") + 1] = "4"
     else:

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdd.conv import CONV_IMPLS, conv_fn
+
 ACTIVATIONS: dict[str, Callable] = {
     "relu": nn.relu,
     "tanh": jnp.tanh,
@@ -124,6 +126,8 @@ class ConvNet(nn.Module):
         activation: activation name or callable.
         pooling: ``"avg"``, ``"max"`` or ``"none"``.
         num_outputs: number of classes.
+        conv: convolution implementation, ``"auto"`` (matrix form on CPU, see
+            :mod:`jdd.conv`), ``"xla"`` or ``"matmul"``; the same function either way.
 
     ``__call__(x)``: x (n, h, w, c) NHWC -> (n, num_outputs). Pooling stops once the spatial size
     reaches 1, so 8x8 digits work at depth 3. ``features(x)``: ``depth + 1`` arrays: each block's
@@ -137,6 +141,7 @@ class ConvNet(nn.Module):
     activation: Any = "relu"
     pooling: str = "avg"
     num_outputs: int = 10
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, return_features: bool = False):
@@ -145,7 +150,8 @@ class ConvNet(nn.Module):
         act = activation(self.activation)
         feats = []
         for _ in range(self.depth):
-            x = nn.Conv(self.width, (3, 3), padding="SAME")(x)
+            x = nn.Conv(self.width, (3, 3), padding="SAME",
+                        conv_general_dilated=conv_fn(self.conv))(x)
             norm = _norm(self.norm)
             if norm is not None:
                 x = norm(x)
@@ -177,23 +183,28 @@ class ResBlock(nn.Module):
     stride: int = 1
     norm: str = "instance"
     activation: Any = "relu"
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         act = activation(self.activation)
         bias = self.norm == "none"
+        cf = conv_fn(self.conv)
 
         def normed(h):
             n = _norm(self.norm)
             return h if n is None else n(h)
 
         s = (self.stride, self.stride)
-        y = nn.Conv(self.channels, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=bias)(x)
+        y = nn.Conv(self.channels, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=bias,
+                    conv_general_dilated=cf)(x)
         y = act(normed(y))
-        y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias)(y)
+        y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
+                    conv_general_dilated=cf)(y)
         y = normed(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
-            x = nn.Conv(self.channels, (1, 1), strides=s, padding="VALID", use_bias=bias)(x)
+            x = nn.Conv(self.channels, (1, 1), strides=s, padding="VALID", use_bias=bias,
+                        conv_general_dilated=cf)(x)
             x = normed(x)
         return act(y + x)
 
@@ -218,6 +229,7 @@ class ResNet(nn.Module):
         norm: ``"instance"``, ``"layer"`` or ``"none"``.
         activation: activation name or callable.
         num_outputs: number of classes.
+        conv: convolution implementation (as :class:`ConvNet`).
 
     ``__call__(x)``: x (n, h, w, c) NHWC -> (n, num_outputs). ``features(x)``: the stem output
     (n, h, w, width), each stage's output (n, h_i, w_i, width * 2**i) with
@@ -229,6 +241,7 @@ class ResNet(nn.Module):
     norm: str = "instance"
     activation: Any = "relu"
     num_outputs: int = 10
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, return_features: bool = False):
@@ -236,14 +249,15 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet expects NHWC images (n, h, w, c); got shape {x.shape}.")
         act = activation(self.activation)
         x = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)),
-                    use_bias=self.norm == "none")(x)
+                    use_bias=self.norm == "none", conv_general_dilated=conv_fn(self.conv))(x)
         norm = _norm(self.norm)
         x = act(x if norm is None else norm(x))
         feats = [x]
         for i, blocks in enumerate(self.stages):
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
-                x = ResBlock(self.width * 2 ** i, stride, self.norm, self.activation)(x)
+                x = ResBlock(self.width * 2 ** i, stride, self.norm, self.activation,
+                             conv=self.conv)(x)
             feats.append(x)
         emb = jnp.mean(x, axis=(1, 2))
         if return_features:
@@ -318,6 +332,8 @@ def check_module(module: nn.Module) -> None:
         activation(module.activation)
     if hasattr(module, "norm") and module.norm not in NORMS:
         raise ValueError(f"unknown norm {module.norm!r}; valid: {', '.join(NORMS)}.")
+    if hasattr(module, "conv") and module.conv not in CONV_IMPLS:
+        raise ValueError(f"unknown conv {module.conv!r}; valid: {', '.join(CONV_IMPLS)}.")
     if hasattr(module, "pooling") and module.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {module.pooling!r}; valid: {', '.join(POOLINGS)}.")
     for attr in ("width", "depth", "num_outputs"):
