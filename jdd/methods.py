@@ -191,6 +191,47 @@ def protocol_learner(cfg: EvalOptions, spec: RunSpec, *, paper_augment: bool):
                 augment=augment, full_data_epochs=cfg.full_data_epochs)
 
 
+def check_dsa_strategy(value: str, *, allow_none: bool = True) -> None:
+    """The check of a method's ``dsa_strategy`` option: ``"auto"`` (the dataset's default),
+    ``"none"`` (when ``allow_none``) or DSA families joined by ``_``.
+
+    Raises:
+        ConfigError: naming ``--dsa-strategy`` and what was expected.
+    """
+    if value == "auto" or (allow_none and value == "none"):
+        return
+    from jdd.augment import parse_strategy
+    try:
+        parse_strategy(value)
+    except ValueError as e:
+        raise ConfigError(f"--dsa-strategy: {e}") from None
+
+
+def run_augment(value: str, spec: RunSpec, *, siamese: bool):
+    """The DSA augmentation a ``dsa_strategy`` option means for a run (``"auto"``: the dataset's
+    default strategy), one random family per call (``mode="single"``, the papers' ``'S'``).
+
+    Returns:
+        ``(augment or None, resolved strategy name or "none")``.
+
+    Raises:
+        ConfigError: DSA asked for on flat features, or no default strategy for the dataset.
+    """
+    from jdd.augment import default_strategy, dsa
+    strategy = value
+    if value == "auto":
+        try:
+            strategy = default_strategy(spec.dataset)
+        except ValueError as e:
+            raise ConfigError(f"--dsa-strategy auto: {e} (or --dsa-strategy none)") from None
+    if strategy == "none":
+        return None, "none"
+    if len(spec.feature_shape) != 3:
+        raise ConfigError("--dsa-strategy: DSA needs image data (h, w, c); use "
+                          "--dsa-strategy none for flat features.")
+    return dsa(strategy, mode="single", siamese=siamese), strategy
+
+
 class MethodRun(NamedTuple):
     """What running a method gives the CLI (one entry per seed along the leading axis).
 

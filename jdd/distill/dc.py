@@ -95,7 +95,8 @@ from jdd.config import ConfigError, opt, to_dict, validate
 from jdd.distill.compose import (Objective, Out, Probe, by_class, class_batches, compose,
                                  pixels)
 from jdd.distill.core import Distiller
-from jdd.methods import EvalOptions, Method, NetworkOptions, Plan, RunSpec, make_network
+from jdd.methods import (EvalOptions, Method, NetworkOptions, Plan, RunSpec, check_dsa_strategy,
+                         make_network)
 from jdd.models import Model
 from jdd.train import cast_like
 
@@ -531,12 +532,7 @@ class DSAConfig(DCConfig):
                             "color_crop_cutout_flip_scale_rotate)")
 
     def check(self) -> None:
-        if self.dsa_strategy != "auto":
-            from jdd.augment import parse_strategy
-            try:
-                parse_strategy(self.dsa_strategy)
-            except ValueError as e:
-                raise ConfigError(f"--dsa-strategy: {e}") from None
+        check_dsa_strategy(self.dsa_strategy, allow_none=False)
 
 
 def resolved_loops(cfg: DCConfig, ipc: int) -> tuple[int, int]:
@@ -547,9 +543,7 @@ def resolved_loops(cfg: DCConfig, ipc: int) -> tuple[int, int]:
 
 
 def _build(cfg: DCConfig, spec: RunSpec, *, with_dsa: bool) -> Plan:
-    from jdd.augment import default_strategy
-    from jdd.augment import dsa as make_dsa
-    from jdd.methods import protocol_learner
+    from jdd.methods import protocol_learner, run_augment
     validate(cfg)
     if cfg.model in ("convnet", "resnet") and len(spec.feature_shape) != 3:
         raise ConfigError(f"--model {cfg.model} needs image data (h, w, c); got feature shape "
@@ -560,10 +554,7 @@ def _build(cfg: DCConfig, spec: RunSpec, *, with_dsa: bool) -> Plan:
             "steps_per_iteration": outer}
     aug = None
     if with_dsa:
-        strategy = (default_strategy(spec.dataset) if cfg.dsa_strategy == "auto"
-                    else cfg.dsa_strategy)
-        aug = make_dsa(strategy, mode="single", siamese=True)
-        info["dsa_strategy"] = strategy
+        aug, info["dsa_strategy"] = run_augment(cfg.dsa_strategy, spec, siamese=True)
     d = dc(model, ipc=spec.ipc, lr=cfg.lr, momentum=cfg.momentum, outer_loop=outer,
            inner_loop=inner, distance=cfg.distance, batch_real=cfg.batch_real, lr_net=cfg.lr_net,
            net_momentum=cfg.net_momentum, net_batch=cfg.net_batch, init=cfg.init, augment=aug,

@@ -52,13 +52,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdd.config import ConfigError, opt, to_dict, validate
+from jdd.config import opt, to_dict, validate
 from jdd.distill.compose import (Objective, Out, Probe, by_class, class_batches, compose,
                                  pixels)
 from jdd.distill.compose import INITS
 from jdd.distill.core import Distiller
 from jdd.methods import EvalOptions, Method, NetworkOptions, Plan, RunSpec, make_network
-from jdd.methods import protocol_learner
+from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import cast_like
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -229,34 +229,14 @@ class DMConfig(NetworkOptions, EvalOptions):
 
     def check(self) -> None:
         """Cross-field checks run by :func:`jdd.config.validate`."""
-        if self.dsa_strategy not in ("auto", "none"):
-            from jdd.augment import parse_strategy
-            try:
-                parse_strategy(self.dsa_strategy)
-            except ValueError as e:
-                raise ConfigError(f"--dsa-strategy: {e}") from None
-
-
-def resolve_strategy(cfg: DMConfig, dataset: str) -> str:
-    """The DSA strategy a config means for a dataset (``"none"`` for no augmentation)."""
-    if cfg.dsa_strategy == "auto":
-        from jdd.augment import default_strategy
-        return default_strategy(dataset)
-    return cfg.dsa_strategy
+        check_dsa_strategy(self.dsa_strategy)
 
 
 def build(cfg: DMConfig, spec: RunSpec) -> Plan:
     """The DM distiller and the evaluation learner for a run."""
     validate(cfg)
     model = make_network(cfg, spec.num_classes)
-    strategy = resolve_strategy(cfg, spec.dataset)
-    augment = None
-    if strategy != "none":
-        if len(spec.feature_shape) != 3:
-            raise ConfigError("--dsa-strategy: DSA needs image data (h, w, c); use "
-                              "--dsa-strategy none for flat features.")
-        from jdd.augment import dsa
-        augment = dsa(strategy, mode="single", siamese=True)
+    augment, strategy = run_augment(cfg.dsa_strategy, spec, siamese=True)
     distiller = dm(model, ipc=spec.ipc, lr_img=cfg.lr_img, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, init=cfg.init, augment=augment)
     learner = protocol_learner(cfg, spec, paper_augment=True)

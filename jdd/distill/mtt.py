@@ -118,7 +118,7 @@ from jdd.distill.compose import INITS, Objective, Out, Probe, compose, pixels
 from jdd.distill.core import Distiller
 from jdd.experts import Buffer, load_buffer, param_layout
 from jdd.methods import EvalOptions, Method, NetworkOptions, Plan, RunSpec, make_network
-from jdd.methods import protocol_learner
+from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import _AUG_STREAM, TrainConfig, fit, loss_fn
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -511,23 +511,7 @@ class MTTConfig(NetworkOptions, EvalOptions):
                               "with `jdd experts --out DIR`); got nothing")
         if self.learn_labels and not self.soft_labels:
             raise ConfigError("--learn-labels needs --soft-labels (hard labels are fixed)")
-        if self.dsa_strategy not in ("auto", "none"):
-            from jdd.augment import parse_strategy
-            try:
-                parse_strategy(self.dsa_strategy)
-            except ValueError as e:
-                raise ConfigError(f"--dsa-strategy: {e}") from None
-
-
-def resolve_strategy(cfg: MTTConfig, dataset: str) -> str:
-    """The DSA strategy a config means for a dataset (``"none"`` for no augmentation)."""
-    if cfg.dsa_strategy == "auto":
-        from jdd.augment import default_strategy
-        try:
-            return default_strategy(dataset)
-        except ValueError as e:
-            raise ConfigError(f"--dsa-strategy auto: {e} (or --dsa-strategy none)") from None
-    return cfg.dsa_strategy
+        check_dsa_strategy(self.dsa_strategy)
 
 
 def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
@@ -546,14 +530,7 @@ def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
     if run_pre is not None and buf_pre not in (None, "unspecified") and run_pre != buf_pre:
         raise ConfigError(f"--buffer: the experts in {cfg.buffer} were trained on "
                           f"--preprocess {buf_pre} data, this run uses --preprocess {run_pre}")
-    strategy = resolve_strategy(cfg, spec.dataset)
-    augment = None
-    if strategy != "none":
-        if len(spec.feature_shape) != 3:
-            raise ConfigError("--dsa-strategy: DSA needs image data (h, w, c); use "
-                              "--dsa-strategy none for flat features.")
-        from jdd.augment import dsa
-        augment = dsa(strategy, mode="single", siamese=False)
+    augment, strategy = run_augment(cfg.dsa_strategy, spec, siamese=False)
     distiller = mtt(model, buffer, ipc=spec.ipc, syn_steps=cfg.syn_steps,
                     expert_epochs=cfg.expert_epochs, max_start_epoch=cfg.max_start_epoch,
                     lr_img=cfg.lr_img, lr_lr=cfg.lr_lr, lr_init=cfg.lr_init,
