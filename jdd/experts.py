@@ -650,6 +650,7 @@ def cmd(args) -> int:
     from jdd.cli import CLIError
     from jdd.config import from_namespace
     from jdd.data import DataError, load_dataset, preprocess
+    from jdd.methods import network_kwargs
     from jdd.models import make_model
     try:
         cfg = from_namespace(ExpertsConfig, args)
@@ -662,14 +663,7 @@ def cmd(args) -> int:
         train, _, _ = preprocess(train, test, cfg.preprocess, zca_reg=cfg.zca_reg)
     except DataError as e:
         raise CLIError(str(e)) from None
-    if cfg.model == "mlp":
-        kw = {"hidden": tuple(cfg.hidden)}
-    elif cfg.model == "convnet":
-        kw = {"width": cfg.width, "depth": cfg.depth, "norm": cfg.norm}
-    elif cfg.model == "resnet":
-        kw = {"width": cfg.width, "norm": cfg.norm}
-    else:
-        kw = {"width": cfg.width}
+    _, kw = network_kwargs(cfg)
     if cfg.model in ("convnet", "resnet") and len(train.feature_shape) != 3:
         raise CLIError(f"--model {cfg.model} needs image data (n, h, w, c); {cfg.dataset} has "
                        f"features of shape {train.feature_shape}")

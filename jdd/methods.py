@@ -137,10 +137,10 @@ class NetworkOptions:
     hidden: tuple[int, ...] = opt((128,), "MLP hidden widths", ge=1, le=65536)
 
 
-def make_network(cfg: NetworkOptions, num_classes: int, prefix: str = ""):
-    """The :class:`jdd.models.Model` named by a config's network fields (``prefix`` selects e.g.
-    the ``eval_`` fields)."""
-    from jdd.models import make_model
+def network_kwargs(cfg, prefix: str = "") -> tuple[str, dict]:
+    """``(model name, make_model keyword arguments)`` of a config's network fields ``model``,
+    ``width``, ``depth``, ``norm``, ``hidden`` (``prefix`` selects e.g. the ``eval_`` fields);
+    only the fields the named model takes."""
     g = lambda name: getattr(cfg, prefix + name)  # noqa: E731
     name = g("model")
     if name == "mlp":
@@ -151,6 +151,14 @@ def make_network(cfg: NetworkOptions, num_classes: int, prefix: str = ""):
         kw = {"width": g("width"), "norm": g("norm")}
     else:
         kw = {"width": g("width")}
+    return name, kw
+
+
+def make_network(cfg: NetworkOptions, num_classes: int, prefix: str = ""):
+    """The :class:`jdd.models.Model` named by a config's network fields (``prefix`` selects e.g.
+    the ``eval_`` fields)."""
+    from jdd.models import make_model
+    name, kw = network_kwargs(cfg, prefix)
     return make_model(name, num_classes, **kw)
 
 
