@@ -36,9 +36,9 @@ PLANS = {
         ("dc", 1, ["--iterations", "200"]),
         ("dsa", 1, ["--iterations", "200"]),
         ("dm", 1, ["--steps", "2000"]),
-        ("mtt", 1, []),
+        ("mtt", 1, ["--steps", "500"]),
         ("dm", 10, ["--steps", "1000"]),
-        ("mtt", 10, []),
+        ("mtt", 10, ["--steps", "500"]),
         ("dc", 10, ["--iterations", "100"]),
         ("dsa", 10, ["--iterations", "100"]),
     ],
@@ -164,6 +164,7 @@ def main(argv=None) -> int:
                          f"{speed['cpu_s_per_iteration']:.3f}"])
             print(table(["method", "ipc", "steps", "distilled %", "random %", "full %",
                          "ref %", "target", "CPU s/it"], rows[-1:]), flush=True)
+            _write(args, dataset, seeds, n_models, plan, results)   # after every row
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -180,12 +181,16 @@ def main(argv=None) -> int:
                     title="cross-architecture, IPC 1 (distilled %, random subset % under the "
                           "same learner)"))
     _bar_chart(results, os.path.join(RESULTS, f"matching_{dataset}.png"), dataset)
+    _write(args, dataset, seeds, n_models, plan, results)
+    return 0
+
+
+def _write(args, dataset, seeds, n_models, plan, results):
     path = (args.json if args.json != _default_json() else
             os.path.join(RESULTS, f"matching_{dataset}{'_quick' if args.quick else ''}.json"))
     write_result(path, "matching", args.quick,
                  {"dataset": dataset, "seeds": seeds, "n_models": n_models,
                   "plan": [list(p[:2]) + [p[2]] for p in plan]}, {"rows": results})
-    return 0
 
 
 #: Architectures of the cross-architecture matrix (``jdd evaluate RUN --model ...``).
@@ -259,7 +264,7 @@ def _experts(work: str, dataset: str, quick: bool) -> str:
     """Train the expert trajectories MTT matches (jdd experts), once per benchmark run."""
     from jdd.cli import main as jdd_main
     out = os.path.join(work, "experts")
-    argv = ["experts", "--dataset", dataset, "--out", out, "--quiet"]
+    argv = ["experts", "--dataset", dataset, "--out", out, "--quiet", "--n-experts", "5"]
     if quick:
         argv += ["--n-experts", "2", "--epochs", "3"]
     if jdd_main(argv) != 0:

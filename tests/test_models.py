@@ -85,10 +85,15 @@ def test_bad_names_and_values_raise_at_make_model(name, kw, msg):
     ("mlp", {"hidden": (32, 16)}, (8, 8, 1), [(3, 32), (3, 16)]),
     ("mlp", {"hidden": ()}, (5,), [(3, 5)]),
     ("two_layer", {"width": 12}, (5,), [(3, 12)]),
+    # 1-channel inputs: the official first conv pads by 3 (8x8 -> 12x12, 28x28 -> 32x32)
     ("convnet", {"width": 8, "depth": 3}, (8, 8, 1),
-     [(3, 4, 4, 8), (3, 2, 2, 8), (3, 1, 1, 8), (3, 8)]),
+     [(3, 6, 6, 8), (3, 3, 3, 8), (3, 1, 1, 8), (3, 8)]),
     ("convnet", {"width": 8, "depth": 3}, (28, 28, 1),
+     [(3, 16, 16, 8), (3, 8, 8, 8), (3, 4, 4, 8), (3, 128)]),
+    ("convnet", {"width": 8, "depth": 3, "gray_padding": 1}, (28, 28, 1),
      [(3, 14, 14, 8), (3, 7, 7, 8), (3, 3, 3, 8), (3, 72)]),
+    ("convnet", {"width": 8, "depth": 2}, (8, 8, 3),
+     [(3, 4, 4, 8), (3, 2, 2, 8), (3, 32)]),
     ("convnet", {"width": 4, "depth": 2, "norm": "layer", "pooling": "none"}, (6, 6, 3),
      [(3, 6, 6, 4), (3, 6, 6, 4), (3, 144)]),
     ("resnet", {"width": 4, "stages": (1, 1, 1, 1)}, (8, 8, 1),
@@ -121,13 +126,14 @@ def test_convnet_block_features_are_after_norm_activation_and_pooling():
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     p = m.init(jax.random.key(1), x)
     f1 = m.features(p, x)[0]
-    # by hand: conv -> instance norm -> relu -> 2x2 average pool
-    conv = jax.lax.conv_general_dilated(x, p["Conv_0"]["kernel"], (1, 1), "SAME",
+    # by hand: conv (a 1-channel input: padded by 3, 8x8 -> 12x12, as the official ConvNet)
+    # -> instance norm -> relu -> 2x2 average pool
+    conv = jax.lax.conv_general_dilated(x, p["Conv_0"]["kernel"], (1, 1), ((3, 3), (3, 3)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     h = conv + p["Conv_0"]["bias"]
     mu, var = h.mean(axis=(1, 2), keepdims=True), h.var(axis=(1, 2), keepdims=True)
     h = (h - mu) / jnp.sqrt(var + 1e-5) * p["GroupNorm_0"]["scale"] + p["GroupNorm_0"]["bias"]
-    h = jnp.maximum(h, 0).reshape(2, 4, 2, 4, 2, 4).mean(axis=(2, 4))
+    h = jnp.maximum(h, 0).reshape(2, 6, 2, 6, 2, 4).mean(axis=(2, 4))
     np.testing.assert_allclose(f1, h, rtol=1e-4, atol=1e-5)
 
 
