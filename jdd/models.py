@@ -303,7 +303,7 @@ class Model(NamedTuple):
             >>> m = make_model("convnet", 10, width=8, depth=2)
             >>> p = m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
             >>> m.embed(p, jnp.zeros((3, 8, 8, 1))).shape
-            (3, 32)
+            (3, 72)
         """
         if self.features is None:
             raise ValueError(f"model {self.name!r} has no features function; build it from a "
@@ -386,7 +386,7 @@ def make_model(name: str, num_outputs: int, **kwargs) -> Model:
         >>> m.apply(p, jnp.zeros((5, 8, 8, 1))).shape
         (5, 10)
         >>> [f.shape for f in m.features(p, jnp.zeros((5, 8, 8, 1)))]
-        [(5, 4, 4, 16), (5, 2, 2, 16), (5, 64)]
+        [(5, 6, 6, 16), (5, 3, 3, 16), (5, 144)]
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}.")
