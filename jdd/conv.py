@@ -27,6 +27,7 @@ from jax import lax
 #: Names accepted by :func:`conv_fn` / the models' ``conv`` attribute.
 CONV_IMPLS = ("auto", "xla", "matmul")
 
+
 def _is_nhwc_hwio(dimension_numbers, ndim: int) -> bool:
     if ndim != 4 or dimension_numbers is None:
         return False
