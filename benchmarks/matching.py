@@ -6,7 +6,10 @@ in one vmapped computation), reads metrics.json (distilled result and both basel
 same learner and augmentation, mean +- std), and measures the CPU seconds per outer iteration of
 the method's jitted step (``time.process_time`` around warm chunks, compilation excluded; CPU
 seconds, not wall time, because the machine is shared). The paper's "outer iteration" is
-``steps_per_iteration`` jdd steps (gradient matching's outer loop), 1 for the others.
+``steps_per_iteration`` jdd steps (gradient matching's outer loop), 1 for the others. Beside
+it: the step's float32 arithmetic from XLA's cost analysis of the compiled step, and the floor
+that arithmetic sets at this machine's matrix-product rate (measured in the same run): no
+implementation of the same computation in float32 can go below it on this CPU.
 
 Usage::
 
@@ -96,8 +99,33 @@ def cpu_seconds_per_iteration(method_name: str, flags: list[str], dataset: str, 
         state, _ = run(state, key, train)
     jax.block_until_ready(state)
     cpu = (time.process_time() - t0) / (reps * n)
+    # The step's arithmetic, from XLA's cost analysis of ONE compiled step, and the floor it
+    # sets at this machine's float32 matrix-product rate (measured now, same process).
+    cost = jax.jit(plan.distiller.step).lower(state, key, train).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    rate = matmul_flops_per_cpu_second()
     return {"cpu_s_per_step": cpu, "steps_per_iteration": per_it,
-            "cpu_s_per_iteration": cpu * per_it}
+            "cpu_s_per_iteration": cpu * per_it, "gflop_per_iteration": flops * per_it / 1e9,
+            "matmul_gflops_per_cpu_s": rate / 1e9,
+            "floor_cpu_s_per_iteration": flops * per_it / rate,
+            "achieved_gflops_per_cpu_s": flops / cpu / 1e9}
+
+
+def matmul_flops_per_cpu_second(m: int = 16384, k: int = 1152, n: int = 128) -> float:
+    """float32 FLOPs per CPU second of one large ``(m, k) @ (k, n)`` product (a convolution's
+    matrix shape: ConvNet width 128, 3x3 kernels), the best of 5 warm runs."""
+    import jax
+    a = jax.random.normal(jax.random.key(0), (m, k))
+    b = jax.random.normal(jax.random.key(1), (k, n))
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        f(a, b).block_until_ready()
+        best = min(best, time.process_time() - t0)
+    return 2.0 * m * k * n / best
 
 
 def main(argv=None) -> int:
@@ -108,8 +136,8 @@ def main(argv=None) -> int:
     dataset = args.dataset
     plan = PLANS[args.plan or ("digits" if dataset == "digits" else "fashion")]
     if args.only:
-        keep = set(args.only.split(","))
-        plan = [p for p in plan if p[0] in keep]
+        keep = set(args.only.split(","))   # "dm" (every IPC) or "dm:10"
+        plan = [p for p in plan if p[0] in keep or f"{p[0]}:{p[1]}" in keep]
     seeds, n_models = (1, 2) if args.quick else (args.seeds, args.n_models)
     train, test = load_dataset(dataset)
     train, test, _ = preprocess(train, test, "standardize")
@@ -154,23 +182,25 @@ def main(argv=None) -> int:
                    "target_met": None if target is None else r["test_accuracy_mean"] >= target,
                    "distill_seconds_wall": m["distill_seconds"], "run_seconds_wall": wall,
                    "official_cpu_s_per_iteration": OFFICIAL_CPU_S.get(name) if ipc == 1 else None,
-                   **speed, "png": os.path.relpath(png, os.path.dirname(RESULTS))}
+                   **speed, "png": os.path.relpath(png, os.path.dirname(RESULTS)),
+                   "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
             if args.cross_arch and ipc == 1:
                 res["cross_arch"] = _cross_arch(out, n_models, args.quick)
             results.append(res)
             rows.append([name, ipc, m["steps"], _fmt(r), _fmt(rs), _fmt(fd),
                          "-" if ref is None else f"{100 * ref:.1f}",
                          "-" if target is None else ("met" if res["target_met"] else "MISSED"),
-                         f"{speed['cpu_s_per_iteration']:.3f}"])
+                         f"{speed['cpu_s_per_iteration']:.3f}",
+                         f"{speed['floor_cpu_s_per_iteration']:.3f}"])
             print(table(["method", "ipc", "steps", "distilled %", "random %", "full %",
-                         "ref %", "target", "CPU s/it"], rows[-1:]), flush=True)
+                         "ref %", "target", "CPU s/it", "floor s/it"], rows[-1:]), flush=True)
             _write(args, dataset, seeds, n_models, plan, results)   # after every row
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(["method", "ipc", "steps", "distilled %", "random %", "full %", "ref %",
-                 "target", "CPU s/it"], rows))
+                 "target", "CPU s/it", "floor s/it"], rows))
     cross = [r for r in results if "cross_arch" in r]
     if cross:
         print()
@@ -180,17 +210,33 @@ def main(argv=None) -> int:
                                       for a in ARCHS] for r in cross],
                     title="cross-architecture, IPC 1 (distilled %, random subset % under the "
                           "same learner)"))
-    _bar_chart(results, os.path.join(RESULTS, f"matching_{dataset}.png"), dataset)
-    _write(args, dataset, seeds, n_models, plan, results)
+    every = _write(args, dataset, seeds, n_models, plan, results)
+    _bar_chart(every, os.path.join(RESULTS, f"matching_{dataset}.png"), dataset)
     return 0
 
 
 def _write(args, dataset, seeds, n_models, plan, results):
+    """Write the JSON; rows of earlier invocations (other methods / IPCs, e.g. from ``--only``)
+    are kept, a row re-run now replaces the old one of the same (method, ipc)."""
     path = (args.json if args.json != _default_json() else
             os.path.join(RESULTS, f"matching_{dataset}{'_quick' if args.quick else ''}.json"))
+    done = {(r["method"], r["ipc"]) for r in results}
+    kept = []
+    if os.path.exists(path):
+        try:
+            old = json.loads(open(path).read())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("quick") == bool(args.quick):
+            kept = [r for r in old.get("results", {}).get("rows", [])
+                    if (r.get("method"), r.get("ipc")) not in done]
+    order = {(p[0], p[1]): i for i, p in enumerate(PLANS["digits" if dataset == "digits"
+                                                         else "fashion"])}
+    rows = sorted(kept + results, key=lambda r: order.get((r["method"], r["ipc"]), 99))
     write_result(path, "matching", args.quick,
                  {"dataset": dataset, "seeds": seeds, "n_models": n_models,
-                  "plan": [list(p[:2]) + [p[2]] for p in plan]}, {"rows": results})
+                  "plan": [list(p[:2]) + [p[2]] for p in plan]}, {"rows": rows})
+    return rows
 
 
 #: Architectures of the cross-architecture matrix (``jdd evaluate RUN --model ...``).
@@ -234,7 +280,9 @@ def _extra(p):
                    help="also evaluate every IPC-1 set on the architectures of ARCHS")
     p.add_argument("--dataset", default="digits", choices=("digits", "fashion_mnist"))
     p.add_argument("--plan", default=None, choices=tuple(PLANS))
-    p.add_argument("--only", default=None, help="comma-separated methods to run")
+    p.add_argument("--only", default=None,
+                   help="comma-separated rows to run: a method (every IPC) or method:ipc, "
+                        "e.g. dc:1,dm")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--n-models", type=int, default=5)
     p.add_argument("--keep", default=None,

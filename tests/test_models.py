@@ -16,13 +16,14 @@ from jdd.models import make_model
 ])
 def test_shapes_and_purity(name, kw, shape):
     m = make_model(name, 7, **kw)
-    p = m.init(jax.random.key(0), jnp.zeros((1,) + shape))
+    p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1,) + shape))
     x = jax.random.normal(jax.random.key(1), (3,) + shape)
-    out = m.apply(p, x)
+    out = jax.jit(m.apply)(p, x)
     assert out.shape == (3, 7)
-    np.testing.assert_allclose(out, jax.jit(m.apply)(p, x), rtol=1e-5, atol=1e-6)
+    # pure: a second call, and the un-jitted function, give the same values
+    np.testing.assert_array_equal(out, jax.jit(m.apply)(p, x))
     # rows are independent (no batch statistics leak between examples)
-    np.testing.assert_allclose(m.apply(p, x[:1]), out[:1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(m.apply)(p, x[:1]), out[:1], rtol=1e-4, atol=1e-5)
 
 
 def test_convnet_instance_norm_normalises_each_image_and_channel():
@@ -41,7 +42,7 @@ def test_convnet_instance_norm_normalises_each_image_and_channel():
 
 def test_convnet_parameter_count_matches_the_dd_convnet():
     m = make_model("convnet", 10)  # width 128, depth 3 on 32x32x3: the DD ConvNet-D3
-    p = m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    p = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     n = sum(a.size for a in jax.tree.leaves(p))
     conv = (3 * 9 * 128 + 128) + 2 * (128 * 9 * 128 + 128)
     norm = 3 * 2 * 128
@@ -74,6 +75,8 @@ def test_unknown_names():
     ("two_layer", {"width": 0}, "width must be an integer >= 1; got 0"),
     ("convnet", {"widht": 8}, "unknown keyword\\(s\\) widht for model 'convnet'; valid: width"),
     ("two_layer", {"hidden": (3,)}, "unknown keyword\\(s\\) hidden for model 'two_layer'"),
+    ("convnet", {"param_init": "xavier"}, "unknown param_init 'xavier'; valid: torch, flax"),
+    ("resnet", {"param_init": "he"}, "unknown param_init 'he'; valid: torch, flax"),
 ])
 def test_bad_names_and_values_raise_at_make_model(name, kw, msg):
     # make_model itself raises (no init, no tracing needed)
@@ -96,29 +99,31 @@ def test_bad_names_and_values_raise_at_make_model(name, kw, msg):
      [(3, 4, 4, 8), (3, 2, 2, 8), (3, 32)]),
     ("convnet", {"width": 4, "depth": 2, "norm": "layer", "pooling": "none"}, (6, 6, 3),
      [(3, 6, 6, 4), (3, 6, 6, 4), (3, 144)]),
-    ("resnet", {"width": 4, "stages": (1, 1, 1, 1)}, (8, 8, 1),
-     [(3, 8, 8, 4), (3, 8, 8, 4), (3, 4, 4, 8), (3, 2, 2, 16), (3, 1, 1, 32), (3, 32)]),
+    ("resnet", {"width": 4, "stages": (1, 1, 1)}, (8, 8, 1),
+     [(3, 8, 8, 4), (3, 8, 8, 4), (3, 4, 4, 8), (3, 2, 2, 16), (3, 16)]),
     ("resnet", {"width": 4, "stages": (1, 1)}, (28, 28, 1),
      [(3, 28, 28, 4), (3, 28, 28, 4), (3, 14, 14, 8), (3, 8)]),
 ])
 def test_features_shapes_and_last_entry_is_the_classifier_input(name, kw, shape, feat_shapes):
     m = make_model(name, 7, **kw)
-    p = m.init(jax.random.key(0), jnp.zeros((1,) + shape))
+    p = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1,) + shape))
     x = jax.random.normal(jax.random.key(1), (3,) + shape)
-    feats = m.features(p, x)
+
+    @jax.jit
+    def run(p, x):
+        return m.features(p, x), m.apply(p, x), m.embed(p, x), m.embed(p, x[1:2])
+
+    feats, logits, emb, emb1 = run(p, x)
     assert isinstance(feats, tuple)
     assert [f.shape for f in feats] == feat_shapes
     # the classifier is the last top-level Dense layer
     dense = p[max((k for k in p if k.startswith("Dense_")), key=lambda k: int(k[6:]))]
     # apply == Dense(features[-1]), through the classifier's own parameters
-    np.testing.assert_allclose(m.apply(p, x), feats[-1] @ dense["kernel"] + dense["bias"],
+    np.testing.assert_allclose(logits, feats[-1] @ dense["kernel"] + dense["bias"],
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(m.embed(p, x), feats[-1])
-    # pure, jit- and vmap-able: per-example features equal the batch's rows
-    jf = jax.jit(m.features)(p, x)
-    for a, b in zip(jf, feats):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(m.embed(p, x[1:2]), feats[-1][1:2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(emb, feats[-1])
+    # per-example features equal the batch's rows (no statistics across the batch)
+    np.testing.assert_allclose(emb1, feats[-1][1:2], rtol=1e-4, atol=1e-5)
 
 
 def test_convnet_block_features_are_after_norm_activation_and_pooling():
@@ -140,19 +145,26 @@ def test_convnet_block_features_are_after_norm_activation_and_pooling():
 def test_features_are_differentiable_for_distribution_matching():
     m = make_model("convnet", 10, width=8, depth=2)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-    p = m.init(jax.random.key(1), x)
-    g = jax.grad(lambda x: jnp.sum(jnp.mean(m.embed(p, x), 0) ** 2))(x)
+    p = jax.jit(m.init)(jax.random.key(1), x)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.mean(m.embed(p, x), 0) ** 2)))(x)
     assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)])
 def test_resnet_shapes(shape):
-    m = make_model("resnet", 10, width=8)
-    p = m.init(jax.random.key(0), jnp.zeros((1,) + shape))
-    x = jax.random.normal(jax.random.key(1), (2,) + shape)
-    assert m.apply(p, x).shape == (2, 10)
-    assert m.embed(p, x).shape == (2, 64)
-    np.testing.assert_allclose(m.apply(p, x[:1]), m.apply(p, x)[:1], rtol=1e-4, atol=1e-5)
+    m = make_model("resnet", 10, width=4)     # ResNet-18's layout, narrow: shapes only (no compile)
+    p = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1,) + shape))
+    x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+    assert jax.eval_shape(m.apply, p, x).shape == (2, 10)
+    assert jax.eval_shape(m.embed, p, x).shape == (2, 32)
+
+
+def test_resnet_rows_are_independent():
+    m = make_model("resnet", 10, width=4, stages=(1, 1))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    p = jax.jit(m.init)(jax.random.key(0), x[:1])
+    out, out1 = jax.jit(lambda p, x: (m.apply(p, x), m.apply(p, x[:1])))(p, x)
+    np.testing.assert_allclose(out1, out[:1], rtol=1e-4, atol=1e-5)
 
 
 def test_resnet18_parameter_count_matches_dc_resnet18_instance_norm():
@@ -182,3 +194,39 @@ def test_model_without_features_has_no_embed():
     assert m.features is None
     with pytest.raises(ValueError, match="no features function"):
         m.embed({}, jnp.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("name,kw,shape", [
+    ("convnet", {"width": 32, "depth": 3}, (8, 8, 1)),
+    ("resnet", {"width": 4, "stages": (1, 1), "norm": "none"}, (6, 6, 3)),
+])
+def test_torch_initialisation_matches_pytorch_defaults(name, kw, shape):
+    # torch nn.Conv2d / nn.Linear: kaiming_uniform(a=sqrt(5)) weights = U(-b, b), b = 1/sqrt(fan_in)
+    # (variance b^2 / 3), biases U(-b, b) with the same b. flax's: LeCun normal, zero biases.
+    p = jax.jit(make_model(name, 10, **kw).init)(jax.random.key(0), jnp.zeros((1, *shape)))
+    leaves = jax.tree_util.tree_leaves_with_path(p)
+    checked = 0
+    for path, leaf in leaves:
+        keys = tuple(getattr(k, "key", k) for k in path)
+        if keys[-1] not in ("kernel", "bias") or "GroupNorm" in keys[-2]:
+            continue
+        owner = p
+        for k in keys[:-1]:
+            owner = owner[k]
+        fan = int(np.prod(owner["kernel"].shape[:-1]))
+        b = 1.0 / np.sqrt(fan)
+        a = np.asarray(leaf)
+        assert np.abs(a).max() <= b + 1e-7, (keys, np.abs(a).max(), b)
+        assert np.all(a != 0), keys                        # biases are drawn, not zeros
+        if a.size >= 32:                                  # and fill the interval
+            assert np.abs(a).max() > 0.8 * b, keys
+        if a.size >= 2000:                                # variance b^2/3 (uniform), not LeCun's
+            assert abs(a.var() / (b * b / 3) - 1) < 0.1, (keys, a.var(), b * b / 3)
+        checked += 1
+    assert checked >= 6
+    pf = jax.jit(make_model(name, 10, param_init="flax", **kw).init)(jax.random.key(0),
+                                                                     jnp.zeros((1, *shape)))
+    dense = [v for k, v in pf.items() if k.startswith("Dense")][0]
+    np.testing.assert_array_equal(np.asarray(dense["bias"]), 0.0)
+    fan = dense["kernel"].shape[0]
+    assert abs(float(jnp.var(dense["kernel"])) * fan - 1.0) < 0.5   # LeCun normal: var 1/fan_in
