@@ -46,7 +46,7 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
     rc = main(["evaluate", str(out), "--model", "convnet", "--width", "8", "--depth", "2",
-               "--n-models", "2", "--no-baselines"])
+               "--epochs", "3", "--n-models", "2", "--no-baselines"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "convnet" in text and "distilled (unrolled, ipc 1)" in text

@@ -532,6 +532,9 @@ class DSAConfig(DCConfig):
     ``--steps`` counts synthetic updates (default ``iterations * outer_loop``)."""
 
     init: str = opt("real", "initialisation of the synthetic images", choices=("noise", "real"))
+    eval_epochs: int = opt(1000, "evaluation training epochs (lr x0.1 at half; the official "
+                           "protocol trains 1000 epochs whenever it augments)", ge=1,
+                           le=100000)
     dsa_strategy: str = opt("auto", "DSA families joined by _ (auto: the dataset's: "
                             "color_crop_cutout_scale_rotate for digits/MNIST/SVHN, else "
                             "color_crop_cutout_flip_scale_rotate)")
