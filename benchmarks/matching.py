@@ -134,9 +134,14 @@ def main(argv=None) -> int:
     from jdd.data import load_dataset, preprocess
 
     dataset = args.dataset
-    plan = PLANS[args.plan or ("digits" if dataset == "digits" else "fashion")]
+    plan = PLANS[_plan_name(args)]
     if args.only:
         keep = set(args.only.split(","))   # "dm" (every IPC) or "dm:10"
+        known = {p[0] for p in plan} | {f"{p[0]}:{p[1]}" for p in plan}
+        if keep - known:
+            raise SystemExit(f"--only: {', '.join(sorted(keep - known))} not in the "
+                             f"{_plan_name(args)} plan; expected some of: "
+                             f"{', '.join(sorted(known))}")
         plan = [p for p in plan if p[0] in keep or f"{p[0]}:{p[1]}" in keep]
     seeds, n_models = (1, 2) if args.quick else (args.seeds, args.n_models)
     train, test = load_dataset(dataset)
@@ -215,6 +220,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _plan_name(args) -> str:
+    """The plan a run uses: ``--plan``, else the dataset's."""
+    return args.plan or ("digits" if args.dataset == "digits" else "fashion")
+
+
 def _write(args, dataset, seeds, n_models, plan, results):
     """Write the JSON; rows of earlier invocations (other methods / IPCs, e.g. from ``--only``)
     are kept, a row re-run now replaces the old one of the same (method, ipc)."""
@@ -230,8 +240,7 @@ def _write(args, dataset, seeds, n_models, plan, results):
         if old.get("quick") == bool(args.quick):
             kept = [r for r in old.get("results", {}).get("rows", [])
                     if (r.get("method"), r.get("ipc")) not in done]
-    order = {(p[0], p[1]): i for i, p in enumerate(PLANS["digits" if dataset == "digits"
-                                                         else "fashion"])}
+    order = {(p[0], p[1]): i for i, p in enumerate(PLANS[_plan_name(args)])}
     rows = sorted(kept + results, key=lambda r: order.get((r["method"], r["ipc"]), 99))
     write_result(path, "matching", args.quick,
                  {"dataset": dataset, "seeds": seeds, "n_models": n_models,

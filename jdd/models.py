@@ -58,7 +58,8 @@ PARAM_INITS = ("torch", "flax")
 
 
 def _torch_uniform(fan_in: int) -> Callable:
-    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default bias initialiser."""
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default weight AND bias distribution
+    (``kaiming_uniform_(a=sqrt(5))`` reduces to this bound for the weights)."""
     bound = 1.0 / float(fan_in) ** 0.5
 
     def init(key, shape, dtype=jnp.float32):
@@ -85,8 +86,8 @@ def layer_init(kind: str, fan_in: int) -> dict:
     if kind == "flax":
         return {}
     if kind == "torch":
-        return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-                "bias_init": _torch_uniform(fan_in)}
+        init = _torch_uniform(fan_in)
+        return {"kernel_init": init, "bias_init": init}
     raise ValueError(f"unknown param_init {kind!r}; valid: {', '.join(PARAM_INITS)}.")
 
 

@@ -20,8 +20,8 @@ def test_shapes_and_purity(name, kw, shape):
     x = jax.random.normal(jax.random.key(1), (3,) + shape)
     out = jax.jit(m.apply)(p, x)
     assert out.shape == (3, 7)
-    # pure: a second call, and the un-jitted function, give the same values
-    np.testing.assert_array_equal(out, jax.jit(m.apply)(p, x))
+    # pure: the un-jitted function gives the same values
+    np.testing.assert_allclose(out, m.apply(p, x), rtol=1e-5, atol=1e-6)
     # rows are independent (no batch statistics leak between examples)
     np.testing.assert_allclose(jax.jit(m.apply)(p, x[:1]), out[:1], rtol=1e-4, atol=1e-5)
 
