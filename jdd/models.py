@@ -24,6 +24,7 @@ raises one ValueError that lists the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -59,11 +60,17 @@ PARAM_INITS = ("torch", "flax")
 
 def _torch_uniform(fan_in: int) -> Callable:
     """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: torch's default weight AND bias distribution
-    (``kaiming_uniform_(a=sqrt(5))`` reduces to this bound for the weights)."""
+    (``kaiming_uniform_(a=sqrt(5))`` reduces to this bound for the weights).
+
+    The draw is made flat and reshaped: the same bytes as drawing ``shape`` directly (JAX's
+    threefry numbers each element by its flat index), but XLA's CPU compiler takes seconds on the
+    multi-dimensional form of small kernels (3.1 s for a (3, 3, 8, 8) draw against 0.7 s flat,
+    jax 0.10), which every test and every fresh network of a distiller pays."""
     bound = 1.0 / float(fan_in) ** 0.5
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        size = math.prod(shape)
+        return jax.random.uniform(key, (size,), dtype, -bound, bound).reshape(shape)
     return init
 
 
