@@ -178,8 +178,9 @@ class ConvNet(nn.Module):
         activation: activation name or callable.
         pooling: ``"avg"``, ``"max"`` or ``"none"``.
         num_outputs: number of classes.
-        conv: convolution implementation, ``"auto"`` (matrix form on CPU, see
-            :mod:`jdd.conv`), ``"xla"`` or ``"matmul"``; the same function either way.
+        conv: convolution implementation, ``"auto"`` (on CPU the native value with the matrix
+            form's derivatives, see :mod:`jdd.conv`), ``"xla"``, ``"matmul"`` or ``"hybrid"``;
+            the same function either way.
         gray_padding: padding of the first conv when the input has 1 channel (3, the official
             network's; 1 is "SAME").
         param_init: ``"torch"`` (the official network's PyTorch initialisation, see

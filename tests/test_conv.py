@@ -1,12 +1,13 @@
-"""jdd.conv: the matrix-form convolution equals lax.conv_general_dilated (values, gradients of
-first and second order, under vmap), and the models give the same function with either form."""
+"""jdd.conv: the matrix-form and the hybrid convolution equal lax.conv_general_dilated (values,
+gradients of first and second order, forward mode, under vmap of weights and/or inputs), and the
+models give the same function with any form."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdd.conv import conv_fn, conv_matmul
+from jdd.conv import conv_fn, conv_hybrid, conv_matmul
 from jdd.models import make_model
 
 
@@ -27,6 +28,13 @@ def _mm(x, w, strides, padding):
     return conv_matmul(x, w, strides, padding, dimension_numbers=NHWC)
 
 
+def _hy(x, w, strides, padding):
+    return conv_hybrid(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+IMPLS = {"matmul": _mm, "hybrid": _hy}
+
+
 CASES = [  # (input shape, kernel shape, strides, padding)
     ((3, 7, 6, 4), (3, 3, 4, 5), (1, 1), "SAME"),
     ((3, 7, 6, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1))),
@@ -36,8 +44,10 @@ CASES = [  # (input shape, kernel shape, strides, padding)
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("xs,ws,strides,padding", CASES)
-def test_values_and_gradients_match_lax(xs, ws, strides, padding):
+def test_values_and_gradients_match_lax(xs, ws, strides, padding, impl):
+    _mm = IMPLS[impl]
     kx, kw, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, xs, jnp.float64)
     w = jax.random.normal(kw, ws, jnp.float64)
@@ -62,8 +72,15 @@ def test_values_and_gradients_match_lax(xs, ws, strides, padding):
     np.testing.assert_allclose(jax.grad(meta(_mm))(x, w), jax.grad(meta(_lax))(x, w),
                                rtol=1e-10, atol=1e-10)
 
+    # forward mode (the empirical NTK takes JVPs of the network), in both arguments
+    tx, tw = jax.random.normal(kc, xs, jnp.float64), jax.random.normal(kx, ws, jnp.float64)
+    f = lambda f: (lambda x, w: f(x, w, strides, padding))  # noqa: E731
+    for a, b in zip(jax.jvp(f(_mm), (x, w), (tx, tw)), jax.jvp(f(_lax), (x, w), (tx, tw))):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
-def test_vmapped_weights_match_lax():
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmapped_weights_match_lax(impl):
     kx, kw = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (4, 2, 5, 5, 3), jnp.float64)     # 4 groups (classes / seeds)
     w = jax.random.normal(kw, (4, 3, 3, 3, 6), jnp.float64)
@@ -71,7 +88,27 @@ def test_vmapped_weights_match_lax():
     def wgrad(f):
         return jax.vmap(jax.grad(lambda w, x: jnp.sum(f(x, w, (1, 1), "SAME") ** 2)))(w, x)
 
-    np.testing.assert_allclose(wgrad(_mm), wgrad(_lax), rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(wgrad(IMPLS[impl]), wgrad(_lax), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("axes", [(0, 0), (0, None), (None, 0)])
+def test_hybrid_values_under_every_batching_pattern(axes):
+    """The custom batching rule: batched inputs and weights (one convolution each), batched
+    inputs only (folded into the image axis), batched weights only; nested vmaps too."""
+    kx, kw = jax.random.split(jax.random.key(7))
+    x = jax.random.normal(kx, (3, 2, 5, 5, 3), jnp.float64)
+    w = jax.random.normal(kw, (3, 3, 3, 3, 4), jnp.float64)
+    xa = x if axes[0] == 0 else x[0]
+    wa = w if axes[1] == 0 else w[0]
+    f = lambda f: (lambda x, w: f(x, w, (1, 1), "SAME"))  # noqa: E731
+    ref = jax.vmap(f(_lax), axes)(xa, wa)
+    np.testing.assert_allclose(jax.jit(jax.vmap(f(_hy), axes))(xa, wa), ref,
+                               rtol=1e-12, atol=1e-12)
+    nested = jax.vmap(jax.vmap(f(_hy), (0, None)), (0, 0))   # classes inside seeds
+    xs = jnp.stack([x, x + 1.0])                             # (2 seeds, 3 classes, ...)
+    ws = jnp.stack([w[0], w[1]])
+    ref = jax.vmap(jax.vmap(f(_lax), (0, None)), (0, 0))(xs, ws)
+    np.testing.assert_allclose(nested(xs, ws), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_unsupported_configurations_fall_back_to_lax():
@@ -92,11 +129,11 @@ def test_unsupported_configurations_fall_back_to_lax():
                                      ("resnet", dict(width=16, stages=(1, 1)))])
 def test_models_are_the_same_function_with_either_conv(name, kw):
     x = jax.random.normal(jax.random.key(5), (3, 8, 8, 2), jnp.float64)
-    models = {c: make_model(name, 4, conv=c, **kw) for c in ("xla", "matmul", "auto")}
+    models = {c: make_model(name, 4, conv=c, **kw) for c in ("xla", "matmul", "hybrid", "auto")}
     params = jax.tree.map(lambda a: a.astype(jnp.float64),
                           models["xla"].init(jax.random.key(6), x))
     ref = models["xla"].apply(params, x)
-    for c in ("matmul", "auto"):
+    for c in ("matmul", "hybrid", "auto"):
         np.testing.assert_allclose(models[c].apply(params, x), ref, rtol=1e-10, atol=1e-10)
         # same parameter tree: a network trained with one form evaluates with the other
         assert jax.tree.structure(models[c].init(jax.random.key(6), x)) == \
