@@ -1,16 +1,18 @@
-"""Convolution implementations on CPU: XLA's native convolution against jdd.conv's matrix form.
+"""Convolution implementations on CPU: XLA's native convolution, jdd.conv's matrix form, and the
+hybrid (native value, matrix-form derivatives) that ``conv="auto"`` uses on CPU.
 
 For each workload (one DC outer step, one DSA step, one DM step at IPC 1 on digits with
-ConvNet-D3 width 128, and one evaluation-training step of 5 vmapped ConvNets), the same jitted
-computation is compiled twice, once with every ``nn.Conv`` using ``lax.conv_general_dilated`` and
-once with :func:`jdd.conv.conv_matmul`, and timed in the same process: CPU seconds per step
+ConvNet-D3 width 128, one evaluation-training step of 5 vmapped ConvNets, and the test-set
+prediction of 3 vmapped ConvNets), the same jitted computation is compiled once per
+implementation (every ``nn.Conv`` using it) and timed in the same process: CPU seconds per step
 (``time.process_time`` over warm repetitions; CPU seconds, not wall time, because the machine is
-shared) and CPU seconds to compile. The ratio is what ``conv="auto"`` buys on a CPU.
+shared) and CPU seconds of the first call (compilation). Ratios are against the matrix form.
 
 Usage::
 
-    python benchmarks/conv_impl.py            # writes results/conv_impl.json
-    python benchmarks/conv_impl.py --quick    # width 16, 2 repetitions
+    python benchmarks/conv_impl.py                        # writes results/conv_impl.json
+    python benchmarks/conv_impl.py --impls matmul,hybrid  # skip the (slow) native gradients
+    python benchmarks/conv_impl.py --quick                # width 16, 2 repetitions
 """
 
 from __future__ import annotations
@@ -67,9 +69,21 @@ def _workloads(width: int):
         state = (params, jax.vmap(tx.init)(params))
         return (lambda s: step(*s)), state
 
+    def predict():
+        model = make_model("convnet", train.num_classes, width=width)
+        params = jax.vmap(lambda k: model.init(k, train.x[:1]))(
+            jax.random.split(jax.random.key(0), 3))
+        x = train.x
+
+        def fn(state):  # the logits are an output: XLA cannot drop the forward pass
+            p, _ = state
+            return p, jax.vmap(lambda q: model.apply(q, x))(p)
+        return fn, fn((params, None))
+
     return {"dc step (ipc 1)": method_step("dc"), "dsa step (ipc 1)": method_step("dsa"),
             "dm step (ipc 1)": method_step("dm"),
-            "eval: 5 vmapped ConvNets, batch 256": eval_step}
+            "eval: 5 vmapped ConvNets, batch 256": eval_step,
+            "predict: 3 vmapped ConvNets, 1347 images": predict}
 
 
 def _time(build, reps: int) -> dict:
@@ -87,8 +101,22 @@ def _time(build, reps: int) -> dict:
     return {"cpu_s_per_step": (time.process_time() - t0) / reps, "first_call_cpu_s": compile_cpu}
 
 
+IMPLS = ("xla", "matmul", "hybrid")
+
+
+def _extra(p):
+    p.add_argument("--impls", default=",".join(IMPLS),
+                   help=f"comma-separated implementations to time (of {', '.join(IMPLS)}); "
+                        "matmul is always included (the reference of the ratios)")
+
+
 def main(argv=None) -> int:
-    args = parse_args("conv_impl", __doc__.splitlines()[0], argv=argv)
+    args = parse_args("conv_impl", __doc__.splitlines()[0], extra=_extra, argv=argv)
+    impls = [i for i in IMPLS if i in set(args.impls.split(",")) | {"matmul"}]
+    unknown = set(args.impls.split(",")) - set(IMPLS)
+    if unknown:
+        raise SystemExit(f"--impls: unknown {', '.join(sorted(unknown))}; expected some of "
+                         f"{', '.join(IMPLS)}")
     import jax
     import jdd.models
     from jdd.conv import conv_fn
@@ -96,29 +124,31 @@ def main(argv=None) -> int:
         print("note: this benchmark is about the CPU backend; running it on", jax.default_backend())
     width, reps = (16, 2) if args.quick else (128, 5)
     rows, results = [], []
+    header = (["workload"] + [f"{i} CPU s" for i in impls]
+              + [f"{i} speed-up" for i in impls if i != "matmul"]
+              + [f"{i} 1st call" for i in impls])
     original = jdd.models.conv_fn
     try:
         for name, build in _workloads(width).items():
             res = {}
-            for impl in ("xla", "matmul"):
+            for impl in impls:
                 jdd.models.conv_fn = lambda _impl, impl=impl: conv_fn(impl)   # every nn.Conv
                 jax.clear_caches()
                 res[impl] = _time(build, reps)
-            ratio = res["xla"]["cpu_s_per_step"] / res["matmul"]["cpu_s_per_step"]
-            results.append({"workload": name, **res, "speedup": ratio})
-            rows.append([name, f"{res['xla']['cpu_s_per_step']:.3f}",
-                         f"{res['matmul']['cpu_s_per_step']:.3f}", f"{ratio:.1f}x",
-                         f"{res['xla']['first_call_cpu_s']:.0f}",
-                         f"{res['matmul']['first_call_cpu_s']:.0f}"])
-            print(table(["workload", "xla CPU s", "matmul CPU s", "speedup", "xla 1st call",
-                         "matmul 1st call"], rows[-1:]), flush=True)
+            base = res["matmul"]["cpu_s_per_step"]
+            ratios = {i: base / res[i]["cpu_s_per_step"] for i in impls}
+            results.append({"workload": name, **res, "speedup_vs_matmul": ratios})
+            rows.append([name] + [f"{res[i]['cpu_s_per_step']:.3f}" for i in impls]
+                        + [f"{ratios[i]:.2f}x" for i in impls if i != "matmul"]
+                        + [f"{res[i]['first_call_cpu_s']:.0f}" for i in impls])
+            print(table(header, rows[-1:]), flush=True)
     finally:
         jdd.models.conv_fn = original
     print()
-    print(table(["workload", "xla CPU s/step", "matmul CPU s/step", "speedup",
-                 "xla compile CPU s", "matmul compile CPU s"], rows,
-                title=f"ConvNet-D3 width {width} on digits (8x8), CPU seconds"))
-    write_result(args.json, "conv_impl", args.quick, {"width": width, "reps": reps},
+    print(table(header, rows, title=f"ConvNet-D3 width {width} on digits (8x8), CPU seconds "
+                                    "per step; speed-ups against the matrix form"))
+    write_result(args.json, "conv_impl", args.quick,
+                 {"width": width, "reps": reps, "impls": impls},
                  {"rows": results})
     return 0
 
