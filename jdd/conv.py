@@ -65,6 +65,16 @@ def conv_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], p
     Returns:
         (n, h_out, w_out, c_out), equal to ``lax.conv_general_dilated`` up to float rounding.
     """
+    return _dispatch(_matrix, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                     dimension_numbers, feature_group_count, batch_group_count, precision,
+                     preferred_element_type)
+
+
+def _dispatch(impl, lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+              dimension_numbers, feature_group_count, batch_group_count, precision,
+              preferred_element_type):
+    """``impl(lhs, rhs, strides, pads, precision, preferred_element_type)`` for the 2-D NHWC x
+    HWIO, undilated, ungrouped convolutions it handles; ``lax.conv_general_dilated`` otherwise."""
     dilated = any(d != 1 for d in (lhs_dilation or (1, 1))) or \
         any(d != 1 for d in (rhs_dilation or (1, 1)))
     if (dilated or feature_group_count != 1 or batch_group_count != 1
@@ -74,13 +84,20 @@ def conv_matmul(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], p
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, batch_group_count=batch_group_count,
             precision=precision, preferred_element_type=preferred_element_type)
-    kh, kw, ci, co = rhs.shape
-    sh, sw = window_strides
     if isinstance(padding, str):
-        pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     else:
-        pads = [tuple(p) for p in padding]
-    x = jnp.pad(lhs, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+        pads = padding
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    strides = tuple(int(v) for v in window_strides)
+    return impl(lhs, rhs, strides, pads, precision, preferred_element_type)
+
+
+def _matrix(lhs, rhs, strides, pads, precision, preferred_element_type):
+    """The matrix form: ``kh * kw`` shifted views concatenated along channels, times the kernel."""
+    kh, kw, ci, co = rhs.shape
+    sh, sw = strides
+    x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
     ho = (x.shape[1] - kh) // sh + 1
     wo = (x.shape[2] - kw) // sw + 1
     views = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
@@ -101,8 +118,7 @@ def _hybrid(strides: tuple, pads: tuple, precision, preferred_element_type):
                                         preferred_element_type=preferred_element_type)
 
     def matrix(x, w):
-        return conv_matmul(x, w, strides, pads, dimension_numbers=_NHWC, precision=precision,
-                           preferred_element_type=preferred_element_type)
+        return _matrix(x, w, strides, pads, precision, preferred_element_type)
 
     @custom_batching.custom_vmap
     def value(x, w):
@@ -163,22 +179,13 @@ def conv_hybrid(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], p
     Returns:
         (n, h_out, w_out, c_out).
     """
-    dilated = any(d != 1 for d in (lhs_dilation or (1, 1))) or \
-        any(d != 1 for d in (rhs_dilation or (1, 1)))
-    if (dilated or feature_group_count != 1 or batch_group_count != 1
-            or not _is_nhwc_hwio(dimension_numbers, lhs.ndim)):
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-            precision=precision, preferred_element_type=preferred_element_type)
-    if isinstance(padding, str):
-        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    else:
-        pads = padding
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
-    fn = _hybrid(tuple(int(s) for s in window_strides), pads, precision, preferred_element_type)
-    return fn(lhs, rhs)
+    return _dispatch(_hybrid_conv, lhs, rhs, window_strides, padding, lhs_dilation,
+                     rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+                     precision, preferred_element_type)
+
+
+def _hybrid_conv(lhs, rhs, strides, pads, precision, preferred_element_type):
+    return _hybrid(strides, pads, precision, preferred_element_type)(lhs, rhs)
 
 
 def _auto(lhs, rhs, *args, **kwargs):
