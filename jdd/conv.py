@@ -15,9 +15,11 @@ the matrix form on CPU, as long as the weights are not batched. So the CPU defau
 once per weight set: under a ``vmap`` over weights it loops over them, through a custom batching
 rule, instead of letting XLA build one grouped convolution) and whose *derivatives* are the
 matrix form's (a custom JVP; reverse mode transposes it). Work that differentiates runs exactly
-the matrix form; work that does not (distribution matching's real embeddings, evaluation's test
-predictions) runs the native forward: ConvNet-D3's middle layer on 1347 digits, 3 seeds with
-their own weights, 1.7 -> 0.9 CPU s. On GPU/TPU ``"auto"`` is the native convolution throughout.
+the matrix form; work that does not runs the native forward. ``benchmarks/conv_impl.py``
+(``results/conv_impl.json``): a DM step at IPC 1 on digits (real embeddings, no gradient) 1.36x
+cheaper than with the matrix form; DC, DSA and evaluation training unchanged (they
+differentiate); predicting 1347 images with 3 vmapped ConvNets (weights batched, inputs shared)
+not faster (1.00x; why is open). On GPU/TPU ``"auto"`` is the native convolution throughout.
 
 Every form computes the same function (tested to float tolerance, values and derivatives of any
 order, forward and reverse mode, under vmap); only the summation order differs.
@@ -112,17 +114,14 @@ def _matrix(lhs, rhs, strides, pads, precision, preferred_element_type):
 def _hybrid(strides: tuple, pads: tuple, precision, preferred_element_type):
     """The native-value / matrix-derivative convolution for one static configuration."""
 
-    def native(x, w):
-        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
-                                        precision=precision,
-                                        preferred_element_type=preferred_element_type)
-
     def matrix(x, w):
         return _matrix(x, w, strides, pads, precision, preferred_element_type)
 
     @custom_batching.custom_vmap
-    def value(x, w):
-        return native(x, w)
+    def value(x, w):  # XLA's native convolution
+        return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                        precision=precision,
+                                        preferred_element_type=preferred_element_type)
 
     @value.def_vmap
     def _batched(axis_size, in_batched, x, w):

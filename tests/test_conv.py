@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from jdd.conv import conv_fn, conv_hybrid, conv_matmul
 from jdd.models import make_model
@@ -47,12 +48,12 @@ CASES = [  # (input shape, kernel shape, strides, padding)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("xs,ws,strides,padding", CASES)
 def test_values_and_gradients_match_lax(xs, ws, strides, padding, impl):
-    _mm = IMPLS[impl]
+    conv = IMPLS[impl]
     kx, kw, kc = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, xs, jnp.float64)
     w = jax.random.normal(kw, ws, jnp.float64)
     ref = _lax(x, w, strides, padding)
-    out = _mm(x, w, strides, padding)
+    out = conv(x, w, strides, padding)
     assert out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
     c = jax.random.normal(kc, ref.shape, jnp.float64)
@@ -61,21 +62,21 @@ def test_values_and_gradients_match_lax(xs, ws, strides, padding, impl):
         return lambda x, w: jnp.sum(jnp.tanh(f(x, w, strides, padding)) * c)
 
     g_ref = jax.grad(loss(_lax), argnums=(0, 1))(x, w)
-    g_mm = jax.grad(loss(_mm), argnums=(0, 1))(x, w)
-    for a, b in zip(g_mm, g_ref):
+    g = jax.grad(loss(conv), argnums=(0, 1))(x, w)
+    for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
     # second order, as gradient matching differentiates a weight gradient w.r.t. the input
     def meta(f):
         return lambda x, w: jnp.sum(jax.grad(loss(f), argnums=1)(x, w) ** 2)
 
-    np.testing.assert_allclose(jax.grad(meta(_mm))(x, w), jax.grad(meta(_lax))(x, w),
+    np.testing.assert_allclose(jax.grad(meta(conv))(x, w), jax.grad(meta(_lax))(x, w),
                                rtol=1e-10, atol=1e-10)
 
     # forward mode (the empirical NTK takes JVPs of the network), in both arguments
     tx, tw = jax.random.normal(kc, xs, jnp.float64), jax.random.normal(kx, ws, jnp.float64)
     f = lambda f: (lambda x, w: f(x, w, strides, padding))  # noqa: E731
-    for a, b in zip(jax.jvp(f(_mm), (x, w), (tx, tw)), jax.jvp(f(_lax), (x, w), (tx, tw))):
+    for a, b in zip(jax.jvp(f(conv), (x, w), (tx, tw)), jax.jvp(f(_lax), (x, w), (tx, tw))):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 
 
@@ -109,6 +110,36 @@ def test_hybrid_values_under_every_batching_pattern(axes):
     ws = jnp.stack([w[0], w[1]])
     ref = jax.vmap(jax.vmap(f(_lax), (0, None)), (0, 0))(xs, ws)
     np.testing.assert_allclose(nested(xs, ws), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_hybrid_values_natively_and_differentiates_in_matrix_form():
+    """The design, not only the numbers: the value is XLA's convolution (under a vmap of weights,
+    a loop of ungrouped ones, never XLA's grouped form), and every derivative is the matrix
+    form's (no convolution in a gradient's program)."""
+    x = jnp.zeros((3, 2, 5, 5, 3))
+    w = jnp.zeros((3, 3, 3, 3, 4))
+    f = lambda x, w: _hy(x, w, (1, 1), "SAME")  # noqa: E731
+
+    def convs(jaxpr):
+        found = []
+
+        def walk(j):
+            for e in j.eqns:
+                if e.primitive.name == "conv_general_dilated":
+                    found.append(e.params)
+                for sub in jaxprs_in_params(e.params):
+                    walk(sub)
+        walk(jaxpr.jaxpr)
+        return found
+
+    batched = convs(jax.make_jaxpr(jax.vmap(f))(x, w))
+    assert batched and all(p["feature_group_count"] == 1 and p["batch_group_count"] == 1
+                           for p in batched)
+    assert convs(jax.make_jaxpr(f)(x[0], w[0]))
+    grad = jax.make_jaxpr(jax.vmap(jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2), (0, 1))))(x, w)
+    assert convs(grad) == []
+    jvp = jax.make_jaxpr(lambda x, w: jax.jvp(f, (x, w), (x, w)))(x[0], w[0])
+    assert convs(jvp) == []
 
 
 def test_unsupported_configurations_fall_back_to_lax():

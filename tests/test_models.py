@@ -230,3 +230,16 @@ def test_torch_initialisation_matches_pytorch_defaults(name, kw, shape):
     np.testing.assert_array_equal(np.asarray(dense["bias"]), 0.0)
     fan = dense["kernel"].shape[0]
     assert abs(float(jnp.var(dense["kernel"])) * fan - 1.0) < 0.5   # LeCun normal: var 1/fan_in
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 8, 8), (5, 7), (4,)])
+def test_torch_initialiser_is_the_direct_uniform_draw(shape):
+    # it draws flat and reshapes (a compile-time workaround); the bytes must be the direct draw's
+    from jdd.models import layer_init
+    init = layer_init("torch", 72)["kernel_init"]
+    key = jax.random.key(3)
+    got = np.asarray(jax.jit(init, static_argnums=1)(key, shape))
+    b = 1.0 / np.sqrt(72)
+    want = np.asarray(jax.random.uniform(key, shape, jnp.float32, -b, b))
+    assert got.shape == shape
+    np.testing.assert_array_equal(got, want)
