@@ -55,6 +55,24 @@ def test_same_key_same_bytes_and_chunking_invariance(digits):
     assert _bytes(a.state) != _bytes(other.state)
 
 
+def test_continuing_a_run_gives_the_bytes_of_one_long_run(digits):
+    d = _small()
+    whole = distill(d, jax.random.key(7), digits, 6, log_every=3, progress=False)
+    half = distill(d, jax.random.key(7), digits, 3, log_every=3, progress=False)
+    rest = distill(d, jax.random.key(7), digits, 3, log_every=3, progress=False,
+                   state=half.state)
+    assert _bytes(rest.state) == _bytes(whole.state)
+    assert rest.steps_logged.tolist() == [6]
+    np.testing.assert_array_equal(rest.history["loss"], whole.history["loss"][-1:])
+    keys = jax.random.split(jax.random.key(1), 2)          # seeds: the same, vmapped
+    whole = distill(d, keys, digits, 4, log_every=2, progress=False)
+    half = distill(d, keys, digits, 2, log_every=2, progress=False)
+    rest = distill(d, keys, digits, 2, log_every=2, progress=False, state=half.state)
+    assert _bytes(rest.state) == _bytes(whole.state)
+    with pytest.raises(ValueError, match=r"step counter has shape \(2,\); expected \(\) for one key"):
+        distill(d, jax.random.key(1), digits, 2, progress=False, state=half.state)
+
+
 def test_jitted_step_traces_once(digits):
     d = _small()
     traces = []

@@ -209,7 +209,8 @@ class RunResult(NamedTuple):
 
 
 def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
-            log_every: int = 50, progress: bool = True, desc: str = "distill") -> RunResult:
+            log_every: int = 50, progress: bool = True, desc: str = "distill",
+            state: Any = None) -> RunResult:
     """Initialise and run a distiller, for one seed or many seeds in one vmapped computation.
 
     ``key`` is a single PRNG key (one seed) or a stack of keys with shape (seeds,) (typed keys) or
@@ -219,6 +220,10 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     Steps run in jitted ``lax.scan`` chunks of ``log_every`` steps; between chunks a progress bar
     (tqdm) shows step, loss and ETA. ``progress=False`` silences it.
 
+    A run continues from the ``state`` of an earlier result with the same ``key``: ``steps``
+    more steps then give the same bytes as one run of the summed length (step keys fold in the
+    state's step counter), so a sweep can score a set at several lengths of one run.
+
     Args:
         distiller: the method.
         key: PRNG key or stacked keys (see above).
@@ -227,9 +232,12 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         log_every: steps per jitted chunk (and per history entry).
         progress: show a progress bar.
         desc: progress bar label.
+        state: continue from this state (``RunResult.state`` of a run with the same ``key``,
+            distiller and data) instead of initialising; ``None`` initialises.
 
     Returns:
-        A :class:`RunResult`.
+        A :class:`RunResult` (``history`` and ``steps_logged`` cover this call's steps;
+        ``steps_logged`` counts from the state's step).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
@@ -243,13 +251,21 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         init_keys, run_keys = jax.random.split(key)
 
     t0 = time.perf_counter()
-    state = _compiled_init(distiller, batched)(init_keys, data)
+    if state is None:
+        state = _compiled_init(distiller, batched)(init_keys, data)
+        done = 0
+    else:
+        step = np.asarray(jax.device_get(_step_of(state)))
+        if (step.ndim != 0) != batched or (batched and step.shape[0] != len(run_keys)):
+            raise ValueError(f"state: its step counter has shape {step.shape}; expected "
+                             + (f"({len(run_keys)},) for {len(run_keys)} keys" if batched
+                                else "() for one key"))
+        done = int(step.reshape(-1)[0])
     n_full, rem = divmod(steps, log_every)
     chunks = [log_every] * n_full + ([rem] if rem else [])
     history: dict[str, list] = {}
     logged = []
     bar = _progress_bar(steps, desc, progress)
-    done = 0
     try:
         for n in chunks:
             state, metrics = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
