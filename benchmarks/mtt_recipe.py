@@ -17,11 +17,14 @@ Usage::
     python benchmarks/mtt_recipe.py --recipes 20,3,25,3 20,3,25,100  # any list (lr_img sweep)
     python benchmarks/mtt_recipe.py --quick                          # smoke test
 
-Writes results/mtt_recipe.json.
+Writes results/mtt_recipe.json after every checkpoint; entries of earlier invocations with the
+same settings are kept (an entry re-run now replaces the old one), so recipes can be added by
+separate runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -66,6 +69,9 @@ def main(argv=None) -> int:
     per_image = dsa(default_strategy("digits"), siamese=False)
     lrn = protocol_learner(net, epochs=epochs, augment=per_image)
     keys = jax.random.split(jax.random.key(0), seeds)
+    settings = {"width": width, "experts": n_exp, "expert_epochs": exp_epochs,
+                "eval_epochs": epochs, "seeds": seeds, "n_models": n_models,
+                "split": "digits train 75/25 (stratified, key 123), standardised on the 75 %"}
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         train_experts(net, fit, n_experts=n_exp, epochs=exp_epochs, lr=0.01, augment=per_image,
@@ -103,14 +109,24 @@ def main(argv=None) -> int:
                              " ".join(f"{v:.2g}" for v in syn_lr), f"{res['final_loss']:.3f}",
                              f"{cpu:.0f}"])
                 print(table(HEAD, rows[-1:]), flush=True)
+                _write(args.json, args.quick, settings, results)
     print(table(HEAD, rows, title="MTT, digits IPC 1, validation split of train (never test)"))
-    write_result(args.json, "mtt_recipe", args.quick,
-                 {"width": width, "experts": n_exp, "expert_epochs": exp_epochs,
-                  "eval_epochs": epochs, "seeds": seeds, "n_models": n_models,
-                  "checkpoints": checkpoints,
-                  "split": "digits train 75/25 (stratified, key 123), standardised on the 75 %"},
-                 results)
     return 0
+
+
+def _write(path: str, quick: bool, settings: dict, results: dict) -> None:
+    """Write the JSON, keeping the entries of earlier runs with the same settings."""
+    merged = {}
+    if os.path.exists(path):
+        try:
+            old = json.loads(open(path).read())
+        except (OSError, ValueError):
+            old = {}
+        same = {k: v for k, v in old.get("settings", {}).items() if k != "checkpoints"}
+        if same == settings and old.get("quick") == bool(quick):     # (older runs listed them)
+            merged = dict(old.get("results", {}))
+    merged.update(results)
+    write_result(path, "mtt_recipe", quick, settings, merged)
 
 
 def _recipe(text: str) -> tuple[int, int, int, float]:
