@@ -270,7 +270,7 @@ def test_build_and_clear_config_errors(buffer_dir, tmp_path):
         build(MTTConfig(**base), spec)
     plan = build(MTTConfig(buffer=buffer_dir, dsa_strategy="none", **base), spec)
     assert plan.info["buffer_experts"] == 3 and plan.learner.config["epochs"] == 2
-    assert METHOD.name == "mtt" and METHOD.default_steps(MTTConfig(), 1) == 5000
+    assert METHOD.name == "mtt" and METHOD.default_steps(MTTConfig(), 1) == 500
     with pytest.raises(ConfigError, match="dataset 'toy', the run uses 'digits'"):
         build(MTTConfig(buffer=buffer_dir, **base), spec._replace(dataset="digits"))
     with pytest.raises(ConfigError, match="parameters"):

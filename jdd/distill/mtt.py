@@ -557,9 +557,14 @@ def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
 
 
 def default_steps(cfg: MTTConfig, ipc: int) -> int:
-    """Outer iterations when none are given: MTT's ``Iteration=5000``."""
+    """Outer iterations when none are given: 500, the validated recipe.
+
+    MTT's code runs ``Iteration=5000``; on a validation split of digits' training set
+    (``benchmarks/mtt_recipe.py``, IPC 1, the other defaults) 1000 iterations scored no better
+    than 500 (91.7 +- 0.9 against 91.9 +- 1.1 %), so the default is the shorter run.
+    """
     del cfg, ipc
-    return 5000
+    return 500
 
 
 METHOD = Method(name="mtt", config=MTTConfig, build=build,
