@@ -13,7 +13,7 @@ protocol, what ``jdd distill --method mtt`` reports) and at the protocol's 0.01.
 
 Usage::
 
-    python benchmarks/mtt_recipe.py                                  # the defaults' sweep
+    python benchmarks/mtt_recipe.py                                  # the sweep quoted (~2.5 h)
     python benchmarks/mtt_recipe.py --recipes 20,3,25,3 20,3,25,100  # any list (lr_img sweep)
     python benchmarks/mtt_recipe.py --quick                          # smoke test
 
@@ -24,6 +24,7 @@ separate runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -122,8 +123,7 @@ def _write(path: str, quick: bool, settings: dict, results: dict) -> None:
             old = json.loads(open(path).read())
         except (OSError, ValueError):
             old = {}
-        same = {k: v for k, v in old.get("settings", {}).items() if k != "checkpoints"}
-        if same == settings and old.get("quick") == bool(quick):     # (older runs listed them)
+        if old.get("settings") == settings and old.get("quick") == bool(quick):
             merged = dict(old.get("results", {}))
     merged.update(results)
     write_result(path, "mtt_recipe", quick, settings, merged)
@@ -141,17 +141,29 @@ def _recipe(text: str) -> tuple[int, int, int, float]:
 
 
 def _extra(p):
-    p.add_argument("--recipes", nargs="+", default=["20,3,25,3", "20,2,25,3", "40,3,25,3"],
+    p.add_argument("--recipes", nargs="+",
+                   default=["20,3,25,3", "20,2,25,3", "20,2,2,3", "50,2,2,3"],
                    help="N,M,START,LR_IMG: student steps, expert epochs, start epochs below, "
                         "image learning rate")
-    p.add_argument("--checkpoints", type=int, nargs="+", default=[500, 1000],
+    p.add_argument("--checkpoints", type=_positive, nargs="+", default=[500, 1000],
                    help="outer iterations at which each recipe's sets are scored")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--experts", type=int, default=5)
-    p.add_argument("--expert-epochs", type=int, default=30)
-    p.add_argument("--eval-epochs", type=int, default=1000)
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--n-models", type=int, default=3)
+    p.add_argument("--width", type=_positive, default=128)
+    p.add_argument("--experts", type=_positive, default=5)
+    p.add_argument("--expert-epochs", type=_positive, default=30)
+    p.add_argument("--eval-epochs", type=_positive, default=1000)
+    p.add_argument("--seeds", type=_positive, default=2)
+    p.add_argument("--n-models", type=_positive, default=3)
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (checked before any work)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return v
 
 
 if __name__ == "__main__":
