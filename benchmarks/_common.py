@@ -108,3 +108,14 @@ def write_result(path: str, name: str, quick: bool, settings: dict, results: dic
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
     """``"93.51 +- 0.80"`` (accuracies as percentages by default)."""
     return f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1 (checked before any work)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
+    return v

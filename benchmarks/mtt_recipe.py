@@ -24,7 +24,6 @@ separate runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_args, pm, table, write_result  # noqa: E402
+from _common import parse_args, pm, positive, table, write_result  # noqa: E402
 
 HEAD = ["N,M,start,lr_img", "iterations", "val % (learned lr)", "val % (lr 0.01)",
         "learned syn_lr", "loss", "CPU s"]
@@ -145,25 +144,14 @@ def _extra(p):
                    default=["20,3,25,3", "20,2,25,3", "20,2,2,3", "50,2,2,3"],
                    help="N,M,START,LR_IMG: student steps, expert epochs, start epochs below, "
                         "image learning rate")
-    p.add_argument("--checkpoints", type=_positive, nargs="+", default=[500, 1000],
+    p.add_argument("--checkpoints", type=positive, nargs="+", default=[500, 1000],
                    help="outer iterations at which each recipe's sets are scored")
-    p.add_argument("--width", type=_positive, default=128)
-    p.add_argument("--experts", type=_positive, default=5)
-    p.add_argument("--expert-epochs", type=_positive, default=30)
-    p.add_argument("--eval-epochs", type=_positive, default=1000)
-    p.add_argument("--seeds", type=_positive, default=2)
-    p.add_argument("--n-models", type=_positive, default=3)
-
-
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (checked before any work)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
-    return v
+    p.add_argument("--width", type=positive, default=128)
+    p.add_argument("--experts", type=positive, default=5)
+    p.add_argument("--expert-epochs", type=positive, default=30)
+    p.add_argument("--eval-epochs", type=positive, default=1000)
+    p.add_argument("--seeds", type=positive, default=2)
+    p.add_argument("--n-models", type=positive, default=3)
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ def cmd_distill(argv: list[str]) -> int:
             rand = evaluate_random_subset(run.learner, jax.random.fold_in(ekey, 1 << 20), tr, te,
                                           rc.ipc, rc.n_models).to_dict()
             full = evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), tr, te,
-                                      rc.n_models).to_dict()
+                                      rc.full_data_models or rc.n_models).to_dict()
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -337,6 +337,8 @@ class EvaluateConfig:
 
     data_dir: str | None = opt(None, "dataset folder (default: as in the run)")
     n_models: int = opt(10, "fresh models per evaluated set", ge=1, le=10000)
+    full_data_models: int | None = opt(None, "models of the full-data baseline (none: "
+                                       "--n-models)", ge=1, le=10000)
     seed: int = opt(1, "evaluation random seed", ge=0, le=2**31 - 1)
     learner: str = opt("auto", "learner kind: auto (the run's), network or krr",
                        choices=("auto", "network", "krr"))
@@ -471,7 +473,8 @@ def cmd_evaluate(a) -> int:
                 "random_subset": evaluate_random_subset(learner, jax.random.fold_in(key, 1 << 20),
                                                         train, test, ipc, a.n_models).to_dict(),
                 "full_data": evaluate_full_data(learner, jax.random.fold_in(key, 1 << 21), train,
-                                                test, a.n_models).to_dict()}
+                                                test, c.full_data_models or a.n_models
+                                                ).to_dict()}
             rows += [(f"random subset (ipc {ipc})", out["baselines"]["random_subset"]),
                      ("full data", out["baselines"]["full_data"])]
     out["versions"] = versions()

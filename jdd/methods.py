@@ -289,6 +289,9 @@ class RunConfig:
     out: str | None = opt(None, "output folder (required)")
     quiet: bool = opt(False, "no progress bar or table")
     n_models: int = opt(10, "fresh models per evaluated set", ge=1, le=10000)
+    full_data_models: int | None = opt(None, "models of the full-data baseline (none: "
+                                       "--n-models; fewer saves time on a large dataset)",
+                                       ge=1, le=10000)
     eval: bool = opt(True, "evaluate the set and both baselines (--no-eval: skip)")
 
     def check(self):

@@ -29,12 +29,14 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["distill", "--method", "unrolled", "--dataset", "digits", "--ipc", "1",
                "--seeds", "2", "--steps", "6", "--log-every", "3", "--inner-steps", "3",
-               "--hidden", "16", "--n-models", "2", "--full-data-epochs", "2", "--out", str(out),
-               "--quiet"])
+               "--hidden", "16", "--n-models", "2", "--full-data-epochs", "2",
+               "--full-data-models", "1", "--out", str(out), "--quiet"])
     assert rc == 0
     assert capsys.readouterr().out == ""  # --quiet prints nothing
     m = _check_metrics(out / "metrics.json", "unrolled", 1, 2)
     assert m["result"]["n_models"] == 4 and len(m["result"]["per_seed_mean"]) == 2
+    assert m["baselines"]["random_subset"]["n_models"] == 2
+    assert m["baselines"]["full_data"]["n_models"] == 1   # --full-data-models
     assert len(m["history"]["loss"]) == 2 and len(m["history"]["steps"]) == 2
     ds = load_distilled(out)
     assert ds.x.shape == (2, 10, 8, 8, 1) and ds.y.shape == (2, 10, 10) and ds.lr.shape == (2,)
@@ -122,6 +124,7 @@ def test_closed_form_defaults_reproduce_the_original_model(tmp_path, features, i
     (["--method", "unrolled", "--hidden", "0"], "--hidden: expected a tuple of integers >= 1"),
     (["--method", "unrolled", "--inner-optimizer", "lbfgs"], "--inner-optimizer: expected one"),
     (["--method", "unrolled", "--full-data-epochs", "0"], "--full-data-epochs: expected an"),
+    (["--method", "unrolled", "--full-data-models", "0"], "--full-data-models: expected an"),
     (["--method", "unrolled", "--batch-size", "abc"], "--batch-size: expected an integer"),
     (["--method", "unrolled", "--kernel", "fc-ntk"], "not an option of --method unrolled"),
     (["--method", "kip", "--kernel", "laplace"], "--kernel: expected one of: fc-ntk"),
@@ -185,6 +188,7 @@ def _saved_set(tmp_path, **change):
 @pytest.mark.parametrize("argv,msg", [
     (["--model", "vgg"], "--model: expected one of"),
     (["--n-models", "0"], "--n-models: expected an integer >= 1"),
+    (["--full-data-models", "-1"], "--full-data-models: expected an integer >= 1"),
     (["--lr", "nan"], "--lr: expected a number > 0"),
     (["--memory", "unroll"], "unrecognized arguments: --memory"),
 ])
