@@ -50,8 +50,9 @@ PLANS = {
     # real batch dominates), 100 outer iterations for DC / DSA (not 1000), 500 for DM at IPC 1
     # (not 20k); 2 seeds x 3 models, the full-data baseline 1 model x 2 epochs (RUN_DEFAULTS).
     # Evaluation as the papers at IPC 1 (300 epochs DC, 1000 + DSA for DSA / DM); 300 epochs
-    # at IPC 10 (by its FLOP count a 1000-epoch IPC 10 model would cost ~500 CPU s here). Cost of one iteration
-    # at batch 64 (results/matching_fashion_mnist.json): DM IPC 1 1.67 s, DC IPC 1 7.34 s.
+    # at IPC 10 (by its FLOP count a 1000-epoch IPC 10 model would cost ~500 CPU s here).
+    # CPU s per iteration at batch 64 (results/matching_fashion_mnist.json): DM IPC 1 1.67,
+    # DC IPC 1 7.34.
     "fashion": [
         ("dm", 1, ["--steps", "500", "--batch-real", "64"]),
         ("dc", 1, ["--iterations", "100", "--batch-real", "64"]),
