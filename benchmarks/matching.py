@@ -31,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS, parse_args, positive, table, write_result  # noqa: E402
+from cross_arch import ARCHS, _acc, evaluate_archs  # noqa: E402
 
 #: (method, ipc, extra CLI flags) of each plan. The digits rows use the official settings the
 #: issue's reference runs used (outer iterations: DC/DSA 200, DM 2000 / 1000).
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     rows, results = [], []
     buffer_dir = None
+    cross_baselines = {}   # one baseline evaluation per (architecture, protocol)
     try:
         for name, ipc, flags in plan:
             flags = list(flags)
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
                    **speed, "png": os.path.relpath(png, os.path.dirname(RESULTS)),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
             if args.cross_arch and ipc == 1:
-                res["cross_arch"] = _cross_arch(out, n_models, args.quick)
+                res["cross_arch"] = evaluate_archs(out, n_models, quick=args.quick,
+                                                   baselines=cross_baselines)
             results.append(res)
             rows.append([name, ipc, m["steps"], _fmt(r), _fmt(rs), _fmt(fd),
                          "-" if ref is None else f"{100 * ref:.1f}",
@@ -269,42 +272,6 @@ def _write(args, dataset, seeds, n_models, run, plan, results):
     return rows
 
 
-#: Architectures of the cross-architecture matrix (``jdd evaluate RUN --model ...``).
-ARCHS = {
-    "convnet-d3": ["--model", "convnet"],
-    "convnet-d2": ["--model", "convnet", "--depth", "2"],
-    "convnet-w64": ["--model", "convnet", "--width", "64"],
-    "convnet-nonorm": ["--model", "convnet", "--norm", "none"],
-    "mlp": ["--model", "mlp", "--hidden", "256", "256"],
-    "resnet": ["--model", "resnet", "--width", "32"],
-}
-
-
-def _cross_arch(run_dir: str, n_models: int, quick: bool) -> dict:
-    """Evaluate a saved set on every architecture of ARCHS, with both baselines under the same
-    learner (the run's protocol: epochs, augmentation; the default learning rate)."""
-    from jdd.cli import main as jdd_main
-    out = {}
-    for name, flags in ARCHS.items():
-        if quick:
-            flags = [f if f not in ("64", "256", "32") else "8" for f in flags]
-            flags = flags + ["--epochs", "5"]
-        before = set(os.listdir(run_dir))
-        rc = jdd_main(["evaluate", run_dir, *flags, "--n-models", str(n_models), "--quiet"])
-        if rc != 0:
-            raise SystemExit(f"jdd evaluate --model {name} failed")
-        new = sorted(set(os.listdir(run_dir)) - before) or [
-            f for f in os.listdir(run_dir) if f.startswith("eval-")]
-        e = json.loads(open(os.path.join(run_dir, new[-1])).read())
-        out[name] = {"distilled": _acc(e["result"]),
-                     "random_subset": _acc(e["baselines"]["random_subset"]),
-                     "full_data": _acc(e["baselines"]["full_data"]),
-                     "learner": e["result"]["learner"]}
-        print(f"  cross-arch {name:<15} distilled {_fmt(e['result'])}  random "
-              f"{_fmt(e['baselines']['random_subset'])}", flush=True)
-    return out
-
-
 def _extra(p):
     p.add_argument("--cross-arch", action="store_true",
                    help="also evaluate every IPC-1 set on the architectures of ARCHS")
@@ -353,11 +320,6 @@ def _experts(work: str, dataset: str, quick: bool) -> str:
     if jdd_main(argv) != 0:
         raise SystemExit("jdd experts failed")
     return out
-
-
-def _acc(r: dict) -> dict:
-    return {"mean": r["test_accuracy_mean"], "std": r["test_accuracy_std"],
-            "n_models": r["n_models"]}
 
 
 def _fmt(r: dict) -> str:

@@ -5,7 +5,8 @@ the evidence behind MTT's defaults.
 Protocol: digits train split 75 % / 25 % (stratified, fixed key 123), standardised on the 75 %;
 experts as ``jdd experts`` trains them (ConvNet-D3 of ``--width``, SGD 0.01, batch 256, DSA per
 image; ``--experts`` x ``--expert-epochs``) on the 75 %; MTT from real images with DSA, for each
-recipe ``N,M,START,LR_IMG`` and ``--seeds`` seeds (one vmapped run), scored after each of
+recipe ``N,M,START,LR_IMG[,LABELS]`` (LABELS: ``hard``, the default; ``soft``, TESLA's
+expert soft labels; ``learn``, soft labels learned too) and ``--seeds`` seeds (one vmapped run), scored after each of
 ``--checkpoints`` outer iterations (one run continued, so the 1000-iteration set is the
 500-iteration set trained further); each set scored by ``--n-models`` models of the protocol
 learner (``--eval-epochs``, lr x0.1 at half, DSA) on the 25 %, at the set's learned lr (MTT's
@@ -15,6 +16,7 @@ Usage::
 
     python benchmarks/mtt_recipe.py                                  # the sweep quoted (~2.5 h)
     python benchmarks/mtt_recipe.py --recipes 20,3,25,3 20,3,25,100  # any list (lr_img sweep)
+    python benchmarks/mtt_recipe.py --recipes 20,3,25,3,soft --checkpoints 500  # TESLA labels
     python benchmarks/mtt_recipe.py --quick                          # smoke test
 
 Writes results/mtt_recipe.json after every checkpoint; entries of earlier invocations with the
@@ -57,8 +59,8 @@ def main(argv=None) -> int:
         (args.width, args.experts, args.expert_epochs, args.eval_epochs, args.seeds,
          args.n_models))
     if args.quick:
-        recipes, checkpoints = [(2, 1, 2, 3.0)], [2, 4]
-    for n, m, start, _ in recipes:
+        recipes, checkpoints = [(2, 1, 2, 3.0, "hard"), (2, 1, 2, 3.0, "learn")], [2, 4]
+    for n, m, start, _, _ in recipes:
         if start - 1 + m > exp_epochs:
             raise SystemExit(f"recipe {n},{m},{start}: needs expert epoch {start - 1 + m}; the "
                              f"experts train {exp_epochs}")
@@ -78,9 +80,10 @@ def main(argv=None) -> int:
                       key=jax.random.key(0), out_dir=tmp, progress=False,
                       preprocessing="standardize")
         buf = load_buffer(tmp)
-        for n, m, start, lr_img in recipes:
+        for n, m, start, lr_img, labels in recipes:
             d = mtt(net, buf, ipc=1, syn_steps=n, expert_epochs=m, max_start_epoch=start,
-                    lr_img=lr_img, augment=dsa(default_strategy("digits")))
+                    lr_img=lr_img, soft_labels=labels != "hard", learn_labels=labels == "learn",
+                    augment=dsa(default_strategy("digits")))
             state, done, cpu = None, 0, 0.0
             for stop in checkpoints:
                 t0 = time.process_time()
@@ -96,9 +99,9 @@ def main(argv=None) -> int:
 
                 acc_l, acc = score(True), score(False)
                 syn_lr = np.asarray(run.synthetic.lr).tolist()
-                name = f"{n},{m},{start},{lr_img:g}"
+                name = f"{n},{m},{start},{lr_img:g}" + ("" if labels == "hard" else f",{labels}")
                 res = {"syn_steps": n, "expert_epochs": m, "max_start_epoch": start,
-                       "lr_img": lr_img, "iterations": stop,
+                       "lr_img": lr_img, "labels": labels, "iterations": stop,
                        "val_mean_learned_lr": float(acc_l.mean()),
                        "val_std_learned_lr": float(acc_l.std()),
                        "val_mean": float(acc.mean()), "val_std": float(acc.std()),
@@ -128,22 +131,30 @@ def _write(path: str, quick: bool, settings: dict, results: dict) -> None:
     write_result(path, "mtt_recipe", quick, settings, merged)
 
 
-def _recipe(text: str) -> tuple[int, int, int, float]:
+LABELS = ("hard", "soft", "learn")
+
+
+def _recipe(text: str) -> tuple[int, int, int, float, str]:
+    parts = text.split(",")
     try:
-        n, m, start, lr = text.split(",")
-        out = int(n), int(m), int(start), float(lr)
+        if len(parts) not in (4, 5):
+            raise ValueError
+        out = int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3])
     except ValueError:
-        raise SystemExit(f"--recipes: expected N,M,START,LR_IMG (e.g. 20,3,25,3); got {text!r}")
-    if min(out[:3]) < 1 or not out[3] > 0:
-        raise SystemExit(f"--recipes: N, M, START must be >= 1 and LR_IMG > 0; got {text!r}")
-    return out
+        raise SystemExit(f"--recipes: expected N,M,START,LR_IMG[,LABELS] (e.g. 20,3,25,3 or "
+                         f"20,3,25,3,soft); got {text!r}")
+    labels = parts[4] if len(parts) == 5 else "hard"
+    if min(out[:3]) < 1 or not out[3] > 0 or labels not in LABELS:
+        raise SystemExit(f"--recipes: N, M, START must be >= 1, LR_IMG > 0 and LABELS one of "
+                         f"{', '.join(LABELS)}; got {text!r}")
+    return out + (labels,)
 
 
 def _extra(p):
     p.add_argument("--recipes", nargs="+",
                    default=["20,3,25,3", "20,2,25,3", "20,2,2,3", "50,2,2,3"],
-                   help="N,M,START,LR_IMG: student steps, expert epochs, start epochs below, "
-                        "image learning rate")
+                   help="N,M,START,LR_IMG[,LABELS]: student steps, expert epochs, start epochs "
+                        "below, image learning rate, labels (hard | soft | learn)")
     p.add_argument("--checkpoints", type=positive, nargs="+", default=[500, 1000],
                    help="outer iterations at which each recipe's sets are scored")
     p.add_argument("--width", type=positive, default=128)
