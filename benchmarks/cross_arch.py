@@ -38,7 +38,8 @@ ARCHS = {
     "convnet-w64": ["--model", "convnet", "--width", "64"],
     "convnet-nonorm": ["--model", "convnet", "--norm", "none"],
     "mlp": ["--model", "mlp", "--hidden", "256", "256"],
-    "resnet": ["--model", "resnet", "--width", "32"],
+    # layer norm: on 8x8 digits the last stage has 1x1 maps, where instance norm is refused
+    "resnet": ["--model", "resnet", "--width", "32", "--norm", "layer"],
 }
 
 

@@ -242,6 +242,7 @@ def cmd_distill(argv: list[str]) -> int:
                            n_train=train.n, seed=rc.seed)
     keys = jax.random.split(jax.random.key(rc.seed), rc.seeds)
     try:
+        methods.check_networks(cfg, spec)
         if method.run is not None:
             run = method.run(cfg, spec, train, keys, not rc.quiet)
         else:
@@ -375,7 +376,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
     """(learner, tag, use_learned_lr) for a saved run under the evaluate options."""
     from jdd.evaluate import (full_data_config, kernel_learner, network_learner,
                               protocol_learner)
-    from jdd.models import make_model
+    from jdd.models import check_input_shape, make_model
     from jdd.train import TrainConfig
     saved = meta.get("learner", {})
     kind = c.learner if c.learner != "auto" else ("krr" if saved.get("kind") == "krr"
@@ -394,6 +395,11 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
           {"width": c.width, "depth": c.depth, "norm": c.norm} if name == "convnet" else
           {"width": c.width, "norm": c.norm} if name == "resnet" else {"width": c.width})
     model = make_model(name, train.num_classes, **kw)
+    try:
+        check_input_shape(model, train.feature_shape)
+    except ValueError as e:
+        raise ValueError(f"--model {name} cannot take {meta['dataset']} inputs of shape "
+                         f"{train.feature_shape}: {e}") from None
     same_arch = c.model is None or model.name == saved.get("model")
     lr = c.lr or saved.get("lr_default", 0.01)
     if "epochs" in saved:  # the image protocol (DC/DSA/DM/MTT)

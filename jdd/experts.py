@@ -651,7 +651,7 @@ def cmd(args) -> int:
     from jdd.config import from_namespace
     from jdd.data import DataError, load_dataset, preprocess
     from jdd.methods import network_kwargs
-    from jdd.models import make_model
+    from jdd.models import check_input_shape, make_model
     try:
         cfg = from_namespace(ExpertsConfig, args)
     except ConfigError as e:
@@ -668,6 +668,11 @@ def cmd(args) -> int:
         raise CLIError(f"--model {cfg.model} needs image data (n, h, w, c); {cfg.dataset} has "
                        f"features of shape {train.feature_shape}")
     model = make_model(cfg.model, train.num_classes, **kw)
+    try:
+        check_input_shape(model, train.feature_shape)
+    except ValueError as e:
+        raise CLIError(f"--model {cfg.model} cannot take {cfg.dataset} inputs of shape "
+                       f"{train.feature_shape}: {e}") from None
     augment = None
     if cfg.augment == "dsa":
         if len(train.feature_shape) != 3:

@@ -162,6 +162,27 @@ def make_network(cfg: NetworkOptions, num_classes: int, prefix: str = ""):
     return make_model(name, num_classes, **kw)
 
 
+def check_networks(cfg, spec: RunSpec) -> None:
+    """Refuse, before any data reaches a network or anything compiles, a configured network (the
+    method's ``model`` fields, the evaluation's ``eval_`` fields) that cannot take the dataset's
+    inputs, e.g. a ResNet-18 with instance norm on 8x8 digits (1x1 maps in its last stage).
+
+    Raises:
+        ConfigError: which option, the input shape and why.
+    """
+    from jdd.models import check_input_shape
+    for prefix in ("", "eval_"):
+        if not hasattr(cfg, prefix + "model"):
+            continue
+        name = getattr(cfg, prefix + "model")
+        try:
+            check_input_shape(make_network(cfg, spec.num_classes, prefix), spec.feature_shape)
+        except ValueError as e:
+            flag = "--" + (prefix + "model").replace("_", "-")
+            raise ConfigError(f"{flag} {name} cannot take {spec.dataset} inputs of shape "
+                              f"{tuple(spec.feature_shape)}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """The evaluation protocol of image methods (DC/DSA/DM/MTT papers): ConvNet-D3, SGD with

@@ -119,6 +119,17 @@ def _norm(kind: str) -> nn.Module | None:
     raise ValueError(f"unknown norm {kind!r}; valid: {', '.join(NORMS)}.")
 
 
+def _check_norm_size(norm: str, x, where: str) -> None:
+    """Refuse instance normalisation of 1x1 maps: per image and channel it subtracts the only
+    value there, so the layer outputs its bias whatever the input (the network then learns
+    nothing: every prediction is the same)."""
+    if norm == "instance" and x.shape[1] * x.shape[2] == 1:
+        raise ValueError(
+            f"{where} instance-normalises 1x1 maps at this input size, which outputs a constant "
+            f"whatever the input; use norm 'layer' or 'none', fewer blocks or stages, or larger "
+            f"inputs.")
+
+
 class MLP(nn.Module):
     """Fully-connected network on flattened inputs.
 
@@ -214,6 +225,7 @@ class ConvNet(nn.Module):
             x = nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)),
                         conv_general_dilated=conv_fn(self.conv),
                         **layer_init(self.param_init, 9 * x.shape[-1]))(x)
+            _check_norm_size(self.norm, x, f"ConvNet(depth={self.depth}) block {d + 1}")
             norm = _norm(self.norm)
             if norm is not None:
                 x = norm(x)
@@ -262,6 +274,7 @@ class ResBlock(nn.Module):
         s = (self.stride, self.stride)
         y = nn.Conv(self.channels, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=bias,
                     conv_general_dilated=cf, **layer_init(self.param_init, 9 * c_in))(x)
+        _check_norm_size(self.norm, y, f"a ResNet block of {self.channels} channels")
         y = act(normed(y))
         y = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=bias,
                     conv_general_dilated=cf,
@@ -285,7 +298,10 @@ class ResNet(nn.Module):
     ``width * 2**i`` channels, the first with stride 2 for ``i > 0``; bias-free convs; then an
     average pool and a linear classifier. Differences: the final pool here is global (theirs is
     ``avg_pool2d(out, 4)``, which equals the global mean on 28x28 and 32x32 inputs but fails below
-    that), so 8x8 inputs work; there is no BatchNorm variant (models here are stateless).
+    that), so 8x8 inputs work with ``norm="layer"`` or ``"none"``; with instance norm the
+    last stage's 1x1 maps on 8x8 inputs are refused (a ValueError at ``init``: instance norm of a
+    single position outputs its bias whatever the input, as their ``GroupNorm(C, C)`` would;
+    the network would stay at chance). There is no BatchNorm variant (models here are stateless).
     ``stages=(1, 1, 1, 1)`` is the usual ResNet-10.
 
     Attributes:
@@ -425,6 +441,22 @@ def check_module(module: nn.Module) -> None:
 
 
 _MODULES = {"mlp": MLP, "convnet": ConvNet, "resnet": ResNet}
+
+
+def check_input_shape(model: Model, feature_shape: Sequence[int]) -> None:
+    """Raise the model's ValueError for inputs of ``feature_shape`` it cannot take (e.g. instance
+    norm of 1x1 maps), by tracing ``model.init`` on one abstract example: nothing is computed or
+    compiled.
+
+    Args:
+        model: a :class:`Model`.
+        feature_shape: one example's shape, e.g. ``(8, 8, 1)``.
+
+    Raises:
+        ValueError: the model's message.
+    """
+    jax.eval_shape(model.init, jax.random.key(0),
+                   jax.ShapeDtypeStruct((1, *tuple(feature_shape)), jnp.float32))
 
 
 def make_model(name: str, num_outputs: int, **kwargs) -> Model:

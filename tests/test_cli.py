@@ -135,6 +135,12 @@ def test_closed_form_defaults_reproduce_the_original_model(tmp_path, features, i
     (["--method", "krr-closed-form", "--features", "poly"], "--features: expected one of"),
     (["--method", "krr-closed-form", "--lam-s", "-1"], "--lam-s: expected a number >= 0"),
     (["--method", "unrolled", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "MNIST"),
+    # instance norm of the 1x1 maps that 8x8 digits leave: refused before anything compiles
+    (["--method", "dm", "--model", "resnet", "--width", "4"],
+     "--model resnet cannot take digits inputs of shape (8, 8, 1)"),
+    (["--method", "dc", "--depth", "4", "--width", "4"], "ConvNet(depth=4) block 4"),
+    (["--method", "dm", "--eval-model", "resnet", "--eval-width", "4"],
+     "--eval-model resnet cannot take digits"),
 ])
 def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, capsys, argv, msg):
     out = tmp_path / "never"
@@ -214,6 +220,15 @@ def test_evaluate_refuses_a_set_for_another_dataset_shape(tmp_path, capsys):
                      meta={"method": "unrolled", "dataset": "digits", "ipc": 1})
     assert main(["evaluate", str(run), "--n-models", "1", "--no-baselines"]) == 2
     assert "labels for 12 classes" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_network_that_cannot_take_the_inputs(tmp_path, capsys):
+    run = _saved_set(tmp_path)
+    # ResNet-18's last stage has 1x1 maps on 8x8 digits: instance norm would output a constant
+    assert main(["evaluate", str(run), "--model", "resnet", "--width", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--model resnet cannot take digits inputs of shape (8, 8, 1)" in err, err
+    assert err.count("\n") == 1 and not list(run.glob("eval-*.json"))
 
 
 def test_evaluate_uses_the_learned_lr_only_on_its_own_architecture(tmp_path):

@@ -1,11 +1,12 @@
 """Models: shapes, pure init/apply, errors."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdd.models import make_model
+from jdd.models import check_input_shape, make_model
 
 
 @pytest.mark.parametrize("name,kw,shape", [
@@ -150,9 +151,10 @@ def test_features_are_differentiable_for_distribution_matching():
     assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 
 
-@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)])
-def test_resnet_shapes(shape):
-    m = make_model("resnet", 10, width=4)     # ResNet-18's layout, narrow: shapes only (no compile)
+@pytest.mark.parametrize("shape,norm", [((8, 8, 1), "layer"), ((28, 28, 1), "instance")])
+def test_resnet_shapes(shape, norm):
+    # ResNet-18's layout, narrow: shapes only (no compile)
+    m = make_model("resnet", 10, width=4, norm=norm)
     p = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1,) + shape))
     x = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
     assert jax.eval_shape(m.apply, p, x).shape == (2, 10)
@@ -243,3 +245,20 @@ def test_torch_initialiser_is_the_direct_uniform_draw(shape):
     want = np.asarray(jax.random.uniform(key, shape, jnp.float32, -b, b))
     assert got.shape == shape
     np.testing.assert_array_equal(got, want)
+
+
+def test_instance_norm_of_1x1_maps_is_refused_because_it_outputs_a_constant():
+    # why: per image and channel, a 1x1 map's mean is its value, so the layer returns its bias
+    gn = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5)
+    x = jax.random.normal(jax.random.key(0), (4, 1, 1, 3)) * 5
+    p = gn.init(jax.random.key(1), x)
+    p = jax.tree.map(lambda a: a + 0.5, p)
+    np.testing.assert_allclose(gn.apply(p, x), jnp.broadcast_to(p["params"]["bias"], x.shape))
+    # so: ResNet-18 on 8x8 (stages 8, 4, 2, 1) and ConvNet-D4 on 8x8 digits are refused ...
+    for name, kw in (("resnet", {"width": 4}), ("convnet", {"width": 4, "depth": 4})):
+        with pytest.raises(ValueError, match="instance-normalises 1x1 maps"):
+            check_input_shape(make_model(name, 10, **kw), (8, 8, 1))
+        # ... with instance norm only, and larger inputs are fine
+        check_input_shape(make_model(name, 10, norm="layer", **kw), (8, 8, 1))
+        check_input_shape(make_model(name, 10, **kw), (28, 28, 1))
+    check_input_shape(make_model("convnet", 10, width=4), (8, 8, 1))   # ConvNet-D3: 12, 6, 3
