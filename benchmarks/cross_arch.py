@@ -90,6 +90,7 @@ def evaluate_archs(run_dir: str, n_models: int, *, archs=tuple(ARCHS), epochs: i
             cached = baselines[(name, protocol)] = {
                 k: _acc(e["baselines"][k]) for k in ("random_subset", "full_data")}
         out[name] = {"distilled": _acc(e["result"]), **cached, "learner": e["result"]["learner"],
+                     "full_data_epochs": meta.get("config", {}).get("full_data_epochs"),
                      "cpu_s": time.process_time() - t0}
         print(f"  {meta['method']} ipc {meta['ipc']}  {name:<15} distilled "
               f"{_pm(out[name]['distilled'])}  random {_pm(cached['random_subset'])}  full "
@@ -180,8 +181,11 @@ def _print(rows):
                 c = r["archs"][a]
                 protos.setdefault(_protocol(c["learner"]), {})[a] = c
     for proto, by_arch in protos.items():
-        for k in ("random_subset", "full_data"):
-            body.append([f"{k.replace('_', ' ')} ({proto})"] + [
+        fd = {c.get("full_data_epochs") for c in by_arch.values()}
+        fd = fd.pop() if len(fd) == 1 else None
+        for k, label in (("random_subset", f"random subset ({proto})"),
+                         ("full_data", f"full data ({fd or '?'} ep, {proto.split(', ')[-1]})")):
+            body.append([label] + [
                 f"{100 * by_arch[a][k]['mean']:.1f} +- {100 * by_arch[a][k]['std']:.1f}"
                 if a in by_arch else "-" for a in names])
     print(table(["set"] + names, body,
