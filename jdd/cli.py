@@ -395,11 +395,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
           {"width": c.width, "depth": c.depth, "norm": c.norm} if name == "convnet" else
           {"width": c.width, "norm": c.norm} if name == "resnet" else {"width": c.width})
     model = make_model(name, train.num_classes, **kw)
-    try:
-        check_input_shape(model, train.feature_shape)
-    except ValueError as e:
-        raise ValueError(f"--model {name} cannot take {meta['dataset']} inputs of shape "
-                         f"{train.feature_shape}: {e}") from None
+    check_input_shape(model, train.feature_shape, f"--model {name}", meta["dataset"])
     same_arch = c.model is None or model.name == saved.get("model")
     lr = c.lr or saved.get("lr_default", 0.01)
     if "epochs" in saved:  # the image protocol (DC/DSA/DM/MTT)

@@ -669,10 +669,9 @@ def cmd(args) -> int:
                        f"features of shape {train.feature_shape}")
     model = make_model(cfg.model, train.num_classes, **kw)
     try:
-        check_input_shape(model, train.feature_shape)
+        check_input_shape(model, train.feature_shape, f"--model {cfg.model}", cfg.dataset)
     except ValueError as e:
-        raise CLIError(f"--model {cfg.model} cannot take {cfg.dataset} inputs of shape "
-                       f"{train.feature_shape}: {e}") from None
+        raise CLIError(str(e)) from None
     augment = None
     if cfg.augment == "dsa":
         if len(train.feature_shape) != 3:

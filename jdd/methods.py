@@ -174,13 +174,12 @@ def check_networks(cfg, spec: RunSpec) -> None:
     for prefix in ("", "eval_"):
         if not hasattr(cfg, prefix + "model"):
             continue
-        name = getattr(cfg, prefix + "model")
+        flag = "--" + (prefix + "model").replace("_", "-")
         try:
-            check_input_shape(make_network(cfg, spec.num_classes, prefix), spec.feature_shape)
+            check_input_shape(make_network(cfg, spec.num_classes, prefix), spec.feature_shape,
+                              f"{flag} {getattr(cfg, prefix + 'model')}", spec.dataset)
         except ValueError as e:
-            flag = "--" + (prefix + "model").replace("_", "-")
-            raise ConfigError(f"{flag} {name} cannot take {spec.dataset} inputs of shape "
-                              f"{tuple(spec.feature_shape)}: {e}") from None
+            raise ConfigError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)

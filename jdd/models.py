@@ -443,7 +443,8 @@ def check_module(module: nn.Module) -> None:
 _MODULES = {"mlp": MLP, "convnet": ConvNet, "resnet": ResNet}
 
 
-def check_input_shape(model: Model, feature_shape: Sequence[int]) -> None:
+def check_input_shape(model: Model, feature_shape: Sequence[int], who: str | None = None,
+                      dataset: str = "") -> None:
     """Raise the model's ValueError for inputs of ``feature_shape`` it cannot take (e.g. instance
     norm of 1x1 maps), by tracing ``model.init`` on one abstract example: nothing is computed or
     compiled.
@@ -451,12 +452,21 @@ def check_input_shape(model: Model, feature_shape: Sequence[int]) -> None:
     Args:
         model: a :class:`Model`.
         feature_shape: one example's shape, e.g. ``(8, 8, 1)``.
+        who, dataset: for the message, e.g. ``"--model resnet"``, ``"digits"``: the error then
+            reads ``"--model resnet cannot take digits inputs of shape (8, 8, 1): ..."``.
 
     Raises:
-        ValueError: the model's message.
+        ValueError: the model's message (prefixed as above when ``who`` is given).
     """
-    jax.eval_shape(model.init, jax.random.key(0),
-                   jax.ShapeDtypeStruct((1, *tuple(feature_shape)), jnp.float32))
+    shape = tuple(int(d) for d in feature_shape)
+    try:
+        jax.eval_shape(model.init, jax.random.key(0),
+                       jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    except ValueError as e:
+        if who is None:
+            raise
+        where = f"{dataset} inputs" if dataset else "inputs"
+        raise ValueError(f"{who} cannot take {where} of shape {shape}: {e}") from None
 
 
 def make_model(name: str, num_outputs: int, **kwargs) -> Model:

@@ -231,6 +231,15 @@ def test_evaluate_refuses_a_network_that_cannot_take_the_inputs(tmp_path, capsys
     assert err.count("\n") == 1 and not list(run.glob("eval-*.json"))
 
 
+def test_experts_refuse_a_network_that_cannot_take_the_inputs(tmp_path, capsys):
+    out = tmp_path / "experts"
+    assert main(["experts", "--dataset", "digits", "--model", "resnet", "--width", "4",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--model resnet cannot take digits inputs of shape (8, 8, 1)" in err, err
+    assert err.count("\n") == 1 and not out.exists()
+
+
 def test_evaluate_uses_the_learned_lr_only_on_its_own_architecture(tmp_path):
     from jdd.cli import EvaluateConfig, _eval_learner
     from jdd.data import load_digits
