@@ -344,7 +344,7 @@ class EvaluateConfig:
     learner: str = opt("auto", "learner kind: auto (the run's), network or krr",
                        choices=("auto", "network", "krr"))
     model: str | None = opt(None, "network (default: the run's)",
-                            choices=(None, "mlp", "convnet", "resnet", "two_layer"))
+                            choices=("mlp", "convnet", "resnet", "two_layer"))
     hidden: tuple[int, ...] = opt((128,), "MLP hidden widths", ge=1, le=65536)
     width: int = opt(128, "ConvNet/ResNet channels, two-layer width", ge=1, le=4096)
     depth: int = opt(3, "ConvNet depth", ge=1, le=16)
@@ -352,6 +352,8 @@ class EvaluateConfig:
                     choices=("instance", "layer", "none"))
     epochs: int | None = opt(None, "protocol learners: training epochs (default: the run's)",
                              ge=1, le=100000)
+    full_data_epochs: int | None = opt(None, "protocol learners: epochs of the full-data "
+                                       "baseline (default: the run's)", ge=1, le=100000)
     steps: int | None = opt(None, "step-count learners: training steps (default: the run's)",
                             ge=1, le=1000000)
     lr: float | None = opt(None, "learning rate (default: the set's learned rate on the run's "
@@ -407,7 +409,8 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
             augment = dsa(default_strategy(meta["dataset"]), siamese=False)
         learner = protocol_learner(model, epochs=c.epochs or saved["epochs"], lr=lr,
                                    batch_size=saved.get("batch_size") or 256, augment=augment,
-                                   full_data_epochs=saved.get("full_data_epochs"))
+                                   full_data_epochs=(c.full_data_epochs
+                                                     or saved.get("full_data_epochs")))
         return learner, _tag(model.name), same_arch and c.lr is None
     base = {k: saved[k] for k in TrainConfig._fields if k in saved}
     cfg = TrainConfig(**base) if base else TrainConfig(steps=20)
@@ -438,6 +441,18 @@ def cmd_evaluate(a) -> int:
         raise CLIError(str(e)) from None
     meta = ds.meta
     run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(a.run)
+    saved = meta.get("learner", {})
+    protocol = "epochs" in saved
+    kind = c.learner if c.learner != "auto" else ("krr" if saved.get("kind") == "krr"
+                                                  else "network")
+    if kind == "network":
+        wrong = ([("--steps", c.steps, "--epochs")] if protocol else
+                 [("--epochs", c.epochs, "--steps"), ("--full-data-epochs", c.full_data_epochs,
+                                                      "--steps")])
+        for name, value, use in wrong:
+            if value is not None:
+                kind = "epochs (the image protocol)" if protocol else "a number of steps"
+                raise CLIError(f"{name}: this run's learner trains for {kind}; use {use}")
     try:
         train, test = load_dataset(meta["dataset"], c.data_dir or meta.get("data_dir"))
     except DataError as e:

@@ -69,7 +69,8 @@ def _describe(tp, meta) -> str:
     parts = []
     base, optional = _base_type(tp)
     if meta.get("choices"):
-        return "one of: " + ", ".join(str(c) for c in meta["choices"])
+        shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
+        return "one of: " + shown + (" (or none)" if optional else "")
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         base, "a tuple of integers" if _is_int_tuple(base) else str(base))
     parts.append(name)
@@ -144,8 +145,7 @@ def convert(name: str, tp, meta: dict, value: Any) -> Any:
 
 def _check_range(shown: str, tp, meta: dict, v: Any) -> None:
     if meta.get("choices") and v not in meta["choices"]:
-        raise ConfigError(f"{shown}: expected one of: "
-                          f"{', '.join(str(c) for c in meta['choices'])}; got {v!r}")
+        raise ConfigError(f"{shown}: expected {_describe(tp, meta)}; got {v!r}")
     vals = v if isinstance(v, tuple) else (v,)
     for x in vals:
         if isinstance(x, bool) or not isinstance(x, (int, float)):

@@ -48,7 +48,7 @@ def test_distill_unrolled_end_to_end_and_evaluate(tmp_path, capsys):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
     rc = main(["evaluate", str(out), "--model", "convnet", "--width", "8", "--depth", "2",
-               "--epochs", "3", "--n-models", "2", "--no-baselines"])
+               "--steps", "3", "--n-models", "2", "--no-baselines"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "convnet" in text and "distilled (unrolled, ipc 1)" in text
@@ -250,6 +250,40 @@ def test_evaluate_uses_the_learned_lr_only_on_its_own_architecture(tmp_path):
     _, _, other = _eval_learner(EvaluateConfig(model="convnet", width=8, depth=2), meta, train)
     _, _, given = _eval_learner(EvaluateConfig(lr=0.1), meta, train)
     assert (same, other, given) == (True, False, False)
+
+
+_PROTOCOL_META = {"method": "dm", "dataset": "digits", "ipc": 1, "num_classes": 10,
+                  "learner": {"kind": "network", "model": "convnet(depth=2, width=8)",
+                              "epochs": 4, "batch_size": 256, "augmentation": "none",
+                              "full_data_epochs": 2, "lr_default": 0.01}}
+
+
+@pytest.mark.parametrize("protocol,argv,msg", [
+    (False, ["--epochs", "5"], "--epochs: this run's learner trains for a number of steps; "
+                               "use --steps"),
+    (False, ["--full-data-epochs", "5"], "--full-data-epochs: this run's learner trains for a "
+                                         "number of steps"),
+    (True, ["--steps", "5"], "--steps: this run's learner trains for epochs (the image "
+                             "protocol); use --epochs"),
+    (True, ["--full-data-epochs", "0"], "--full-data-epochs: expected an integer >= 1"),
+])
+def test_evaluate_refuses_a_length_option_its_learner_does_not_have(tmp_path, capsys, protocol,
+                                                                     argv, msg):
+    run = _saved_set(tmp_path, **({"meta": _PROTOCOL_META} if protocol else {}))
+    assert main(["evaluate", str(run), "--quiet", "--data-dir", "/nonexistent", *argv]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and not list(run.glob("eval-*.json")), err
+
+
+def test_evaluate_full_data_epochs_sets_the_protocol_baseline(tmp_path):
+    from jdd.cli import EvaluateConfig, _eval_learner
+    from jdd.data import load_digits
+    meta = load_distilled(_saved_set(tmp_path, meta=_PROTOCOL_META)).meta
+    train, _ = load_digits()
+    runs = _eval_learner(EvaluateConfig(), meta, train)[0]
+    mine = _eval_learner(EvaluateConfig(full_data_epochs=7, epochs=3), meta, train)[0]
+    assert (runs.config["full_data_epochs"], runs.config["epochs"]) == (2, 4)
+    assert (mine.config["full_data_epochs"], mine.config["epochs"]) == (7, 3)
 
 
 def test_help_is_complete(capsys):

@@ -119,3 +119,18 @@ def test_config_errors_name_the_option():
         validate(methods.get("unrolled").config(hidden=(0,)))
     with pytest.raises(ConfigError, match="unknown method 'magic'"):
         methods.get("magic")
+
+
+def test_an_optional_choice_is_described_once_with_or_none(capsys):
+    from jdd.cli import EvaluateConfig
+    from jdd.config import convert, fields
+    field, tp, meta = next(x for x in fields(EvaluateConfig) if x[0].name == "model")
+    assert convert("model", tp, meta, "none") is None
+    assert convert("model", tp, meta, "resnet") == "resnet"
+    with pytest.raises(ConfigError, match=r"one of: mlp, convnet, resnet, two_layer \(or none\); "
+                                          r"got 'vgg'"):
+        convert("model", tp, meta, "vgg")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "one of: mlp, convnet, resnet, two_layer (or none)" in shown and "None," not in shown
