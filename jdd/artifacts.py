@@ -38,6 +38,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=folder)
     try:
+        from jdd.rundir import usual_mode
+        usual_mode(tmp)  # mkstemp creates 0600; a plain open would give 0666 less the umask
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -217,8 +219,11 @@ def _check_preprocessor(pre, feature_shape: tuple[int, ...], path: str) -> None:
             raise ValueError(f"{path}: preprocessing array pre_{field} contains NaN/inf values.")
 
 
-def load_distilled(path: str | os.PathLike) -> DistilledSet:
+def load_distilled(path: str | os.PathLike, *, _hash_into: dict | None = None) -> DistilledSet:
     """Read a ``distilled.npz`` written by :func:`save_distilled` (a run folder works too).
+
+    When a ``manifest.json`` lies beside it (a ``jdd distill`` run folder), the file must be the
+    one the manifest lists: a set copied in from another run is refused.
 
     Raises:
         FileNotFoundError: no such file (names the path expected).
@@ -235,7 +240,17 @@ def load_distilled(path: str | os.PathLike) -> DistilledSet:
         raise FileNotFoundError(f"no distilled set at {path}: expected the distilled.npz written "
                                 "by `jdd distill --out DIR`.")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f:
+            raw_bytes = f.read()
+    except OSError as e:
+        raise ValueError(f"{path} could not be read ({e}).") from e
+    import hashlib
+    digest = hashlib.sha256(raw_bytes).hexdigest()
+    if _hash_into is not None:
+        _hash_into["sha256"] = digest
+    _check_manifest_entry(path, digest)
+    try:
+        with np.load(io.BytesIO(raw_bytes), allow_pickle=False) as z:
             if not hasattr(z, "files"):
                 raise ValueError("not an .npz archive")
             arrays = {k: z[k] for k in z.files}
@@ -264,6 +279,13 @@ def load_distilled(path: str | os.PathLike) -> DistilledSet:
         raise ValueError(f"{path}: {e}") from None
     _check_preprocessor(pre, tuple(ds.x.shape[2:]), path)
     return ds._replace(preprocessor=pre)
+
+
+def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str]:
+    """:func:`load_distilled` plus the SHA-256 of the bytes it read (the set's identity)."""
+    holder = {}
+    ds = load_distilled(path, _hash_into=holder)
+    return ds, holder["sha256"]
 
 
 def save_image_grid(path: str | os.PathLike, images, labels=None, *, title: str | None = None,
@@ -354,3 +376,17 @@ def _save_figure(fig, path, dpi: int) -> None:
     plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
+
+
+def _check_manifest_entry(path: str, digest: str) -> None:
+    """Refuse a set whose run folder's manifest lists other bytes for it."""
+    from jdd.rundir import read_manifest
+    folder, name = os.path.split(os.path.abspath(path))
+    m = read_manifest(folder)
+    if m is None:
+        return
+    entry = m.get("files", {}).get(name)
+    if entry is None or entry.get("sha256") != digest:
+        raise ValueError(f"{path} is not the file of run {m.get('run_id')} that manifest.json "
+                         f"beside it lists (changed or copied in after the run); re-run, or "
+                         f"remove manifest.json to use it anyway.")

@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 
-from jdd.config import opt
+from jdd.config import ConfigError, opt
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -108,6 +108,58 @@ def results_table(rows: list[tuple[str, dict]]) -> str:
         acc = f"{100 * r['test_accuracy_mean']:.2f} +- {100 * r['test_accuracy_std']:.2f}"
         lines.append(f"{label:<28} {acc:>20} {r['n_models']:>7}  {r['learner']}")
     return "\n".join(lines)
+
+
+def evaluate_with_baselines(learner, key, x, y, lr, train, test, ipc: int, n_models: int,
+                            full_models: int, baselines: bool = True, quiet: bool = False):
+    """Evaluate every seed's set and (optionally) both baselines under one learner, printing one
+    progress line per phase (elapsed, and an ETA for the phases that cost what a set costs).
+
+    Args:
+        learner: a :class:`jdd.evaluate.Learner`.
+        key: evaluation key; seed s uses ``fold_in(key, s)``, the baselines ``1 << 20 / 21``.
+        x, y, lr: (seeds, m, ...), (seeds, m, k), (seeds,) the distilled sets.
+        train, test: datasets in the set's (preprocessed) space.
+        ipc, n_models, full_models: random-subset size per class; models per set / full data.
+
+    Returns:
+        (pooled result dict, random-subset dict or None, full-data dict or None).
+    """
+    import jax
+    from jdd.evaluate import evaluate_full_data, evaluate_random_subset, evaluate_set
+    seeds = x.shape[0]
+    phases = seeds + (2 if baselines else 0)
+    t0 = time.perf_counter()
+
+    def step(i: int, what: str, fn):
+        start = time.perf_counter()
+        if not quiet:
+            print(f"evaluate [{i}/{phases}] {what} ...", file=sys.stderr, flush=True)
+        out = fn()
+        if not quiet:
+            took = time.perf_counter() - start
+            left = seeds + (1 if baselines else 0) - i  # set-like phases still to run
+            eta = f", about {left * took:.0f} s more before the full data" if (
+                left > 0 and i <= seeds) else ""
+            print(f"evaluate [{i}/{phases}] {what}: {took:.1f} s{eta}", file=sys.stderr,
+                  flush=True)
+        return out
+
+    per_seed = [step(s + 1, f"distilled set, seed {s + 1} of {seeds} ({n_models} models)",
+                     lambda s=s: evaluate_set(learner, jax.random.fold_in(key, s), x[s], y[s],
+                                              test, n_models, lr[s]))
+                for s in range(seeds)]
+    rand = full = None
+    if baselines:
+        rand = step(seeds + 1, f"random subset ({n_models} models)",
+                    lambda: evaluate_random_subset(learner, jax.random.fold_in(key, 1 << 20),
+                                                   train, test, ipc, n_models)).to_dict()
+        full = step(seeds + 2, f"full data ({full_models} models)",
+                    lambda: evaluate_full_data(learner, jax.random.fold_in(key, 1 << 21), train,
+                                               test, full_models)).to_dict()
+    if not quiet:
+        print(f"evaluate: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return _pool(per_seed), rand, full
 
 
 def _pool(results) -> dict:
@@ -217,6 +269,18 @@ def _precision_of(x):
 
 
 def cmd_distill(argv: list[str]) -> int:
+    from jdd.rundir import RunFolderError, RunWriter
+    method, rc, cfg = parse_distill(argv)
+    check_output_folder(rc.out)
+    try:
+        with RunWriter(rc.out, overwrite=rc.overwrite, command="jdd distill") as writer:
+            return _distill_into(writer, method, rc, cfg)
+    except RunFolderError as e:
+        raise CLIError(str(e)) from None
+
+
+def _distill_into(writer, method, rc, cfg) -> int:
+    """The body of ``jdd distill``: distil, evaluate, and write the run through ``writer``."""
     import jax
     import numpy as np
     from jdd import methods
@@ -224,10 +288,7 @@ def cmd_distill(argv: list[str]) -> int:
     from jdd.config import ConfigError, to_dict
     from jdd.data import DataError, check_ipc
     from jdd.distill import distill
-    from jdd.evaluate import evaluate_full_data, evaluate_random_subset, evaluate_set
 
-    method, rc, cfg = parse_distill(argv)
-    check_output_folder(rc.out)
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
     try:
@@ -262,11 +323,13 @@ def cmd_distill(argv: list[str]) -> int:
     _say(rc.quiet, f"distilled {rc.seeds} seed(s) in {run.seconds:.1f} s")
 
     hard = bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))  # one-hot: class ids
-    meta = {"method": method.name, "dataset": rc.dataset, "data_dir": rc.data_dir, "ipc": rc.ipc,
+    meta = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
+            "data_dir": rc.data_dir, "ipc": rc.ipc,
             "seeds": rc.seeds, "seed": rc.seed, "steps": steps, "preprocess": rc.preprocess,
             "zca_reg": rc.zca_reg, "num_classes": train.num_classes,
             "learner": run.learner.config, "config": run.info}
-    metrics = {"method": method.name, "dataset": rc.dataset, "ipc": rc.ipc, "seeds": rc.seeds,
+    metrics = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
+               "ipc": rc.ipc, "seeds": rc.seeds,
                "steps": steps, "distill_seconds": run.seconds, "run_config": to_dict(rc),
                "config": run.info, "storage": storage(x, y, lr, hard), **run.extra}
     if run.history:
@@ -276,14 +339,9 @@ def cmd_distill(argv: list[str]) -> int:
         t0 = time.perf_counter()
         ekey = jax.random.key(rc.seed + 10_000)
         with _precision_of(x) as (tr, te):
-            tr, te = tr(train), te(test)
-            per_seed = [evaluate_set(run.learner, jax.random.fold_in(ekey, s), x[s], y[s], te,
-                                     rc.n_models, lr[s]) for s in range(rc.seeds)]
-            result = _pool(per_seed)
-            rand = evaluate_random_subset(run.learner, jax.random.fold_in(ekey, 1 << 20), tr, te,
-                                          rc.ipc, rc.n_models).to_dict()
-            full = evaluate_full_data(run.learner, jax.random.fold_in(ekey, 1 << 21), tr, te,
-                                      rc.full_data_models or rc.n_models).to_dict()
+            result, rand, full = evaluate_with_baselines(
+                run.learner, ekey, x, y, lr, tr(train), te(test), rc.ipc, rc.n_models,
+                rc.full_data_models or rc.n_models, quiet=rc.quiet)
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -294,13 +352,14 @@ def cmd_distill(argv: list[str]) -> int:
                                  ("full data", full)]))
     metrics["versions"] = versions()
     try:
-        os.makedirs(rc.out, exist_ok=True)
-        save_distilled(os.path.join(rc.out, "distilled.npz"), x, y, lr, pre, meta)
-        write_json(os.path.join(rc.out, "metrics.json"), metrics)
-        _save_pictures(rc.out, x, y, pre, run, train.feature_shape, method.name)
+        save_distilled(writer.path("distilled.npz"), x, y, lr, pre, meta)
+        write_json(writer.path("metrics.json"), metrics)
+        _save_pictures(os.path.dirname(writer.path("metrics.json")), x, y, pre, run,
+                       train.feature_shape, method.name)
+        writer.commit(method=method.name, dataset=rc.dataset, ipc=rc.ipc)
     except (OSError, ValueError) as e:
         raise CLIError(f"could not write the results to {rc.out}: {e}") from None
-    _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png")
+    _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png, manifest.json")
     return 0
 
 
@@ -345,11 +404,13 @@ class EvaluateConfig:
                        choices=("auto", "network", "krr"))
     model: str | None = opt(None, "network (default: the run's)",
                             choices=("mlp", "convnet", "resnet", "two_layer"))
-    hidden: tuple[int, ...] = opt((128,), "MLP hidden widths", ge=1, le=65536)
-    width: int = opt(128, "ConvNet/ResNet channels, two-layer width", ge=1, le=4096)
-    depth: int = opt(3, "ConvNet depth", ge=1, le=16)
-    norm: str = opt("instance", "ConvNet/ResNet normalisation",
-                    choices=("instance", "layer", "none"))
+    hidden: tuple[int, ...] | None = opt(None, "MLP hidden widths (default: the run's network's "
+                                         "when it is an MLP, else 128)", ge=1, le=65536)
+    width: int | None = opt(None, "ConvNet/ResNet channels, two-layer width (default: the run's "
+                            "network's when --model is its kind, else 128)", ge=1, le=4096)
+    depth: int | None = opt(None, "ConvNet depth (default: the run's, else 3)", ge=1, le=16)
+    norm: str | None = opt(None, "ConvNet/ResNet normalisation (default: the run's, else "
+                           "instance)", choices=("instance", "layer", "none"))
     epochs: int | None = opt(None, "protocol learners: training epochs (default: the run's)",
                              ge=1, le=100000)
     full_data_epochs: int | None = opt(None, "protocol learners: epochs of the full-data "
@@ -358,12 +419,20 @@ class EvaluateConfig:
                             ge=1, le=1000000)
     lr: float | None = opt(None, "learning rate (default: the set's learned rate on the run's "
                            "own architecture, else the run's default rate)", gt=0, le=100)
+    learned_lr: str = opt("auto", "use the set's learned learning rate: auto (only on the "
+                          "architecture it was learned for), yes (on any), no (the run's "
+                          "default rate)", choices=("auto", "yes", "no"))
     augment: str = opt("auto", "DSA augmentation in evaluation training: auto (the run's), "
                        "dsa or none", choices=("auto", "dsa", "none"))
     kernel: str | None = opt(None, "krr learner kernel (default: the run's)")
     reg: float | None = opt(None, "krr regulariser", ge=0, le=1e6)
     baselines: bool = opt(True, "also evaluate the random-subset and full-data baselines")
     quiet: bool = opt(False, "print nothing")
+
+    def check(self):
+        if self.lr is not None and self.learned_lr == "yes":
+            raise ConfigError("--lr and --learned-lr yes: expected one learning rate; give "
+                              "--lr, or --learned-lr yes without --lr")
 
 
 def _tag(model_name: str) -> str:
@@ -372,6 +441,65 @@ def _tag(model_name: str) -> str:
     import re
     tag = re.sub(r"[^A-Za-z0-9=._]+", "-", model_name).strip("-")
     return tag
+
+
+#: The options of each evaluation network, and their values when neither given nor the run's.
+_NET_OPTIONS = {"mlp": ("hidden",), "convnet": ("width", "depth", "norm"),
+                "resnet": ("width", "norm"), "two_layer": ("width",)}
+_NET_DEFAULTS = {"hidden": (128,), "width": 128, "depth": 3, "norm": "instance"}
+
+
+def _eval_network(c: EvaluateConfig, meta: dict) -> tuple[str, dict]:
+    """(model name, keyword arguments) of the network ``jdd evaluate`` trains: ``--model`` (else
+    the run's evaluation network); each option given, else the run's when the network is the
+    run's kind, else the default. An option the network does not have is an error."""
+    conf = meta.get("config", {})
+    pre = "eval_" if "eval_model" in conf else ""
+    run_name = conf.get(pre + "model") or meta.get("learner", {}).get("model", "mlp").split("(")[0]
+    run_name = run_name if run_name in _NET_OPTIONS else "mlp"
+    name = c.model or run_name
+    for key in ("hidden", "width", "depth", "norm"):
+        if getattr(c, key) is not None and key not in _NET_OPTIONS[name]:
+            has = [m for m, keys in _NET_OPTIONS.items() if key in keys]
+            raise ValueError(f"--{key}: the {name} network has no {key} (it is an option of "
+                             f"--model {' / '.join(has)})")
+    kw = {}
+    for key in _NET_OPTIONS[name]:
+        given, run = getattr(c, key), conf.get(pre + key)
+        value = given if given is not None else (
+            run if name == run_name and run is not None else _NET_DEFAULTS[key])
+        kw[key] = tuple(value) if key == "hidden" else value
+    return name, kw
+
+
+def _check_evaluate_options(c: EvaluateConfig, meta: dict) -> None:
+    """Refuse options the run's learner would ignore, before any data is loaded."""
+    saved = meta.get("learner", {})
+    protocol = "epochs" in saved
+    kind = c.learner if c.learner != "auto" else ("krr" if saved.get("kind") == "krr"
+                                                  else "network")
+    if kind == "krr":
+        for key in ("model", "hidden", "width", "depth", "norm", "epochs", "steps", "lr",
+                    "full_data_epochs"):
+            if getattr(c, key) is not None:
+                raise CLIError(f"--{key.replace('_', '-')}: the krr learner trains no network; "
+                               f"use --learner network to train one")
+        return
+    for key in ("kernel", "reg"):
+        if getattr(c, key) is not None:
+            raise CLIError(f"--{key}: an option of the krr learner (--learner krr); this "
+                           f"evaluation trains a network")
+    wrong = ([("--steps", c.steps, "--epochs")] if protocol else
+             [("--epochs", c.epochs, "--steps"), ("--full-data-epochs", c.full_data_epochs,
+                                                  "--steps")])
+    for flag_name, value, use in wrong:
+        if value is not None:
+            trains = "epochs (the image protocol)" if protocol else "a number of steps"
+            raise CLIError(f"{flag_name}: this run's learner trains for {trains}; use {use}")
+    try:
+        _eval_network(c, meta)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def _eval_learner(c: EvaluateConfig, meta: dict, train):
@@ -390,15 +518,10 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         reg = c.reg if c.reg is not None else saved.get("reg", 1e-6)
         return (kernel_learner(kernel_fn_by_name(kname, depth), reg,
                                name=f"krr[{kname}, depth {depth}]"), f"krr-{kname}", False)
-    run_model = saved.get("model", "mlp").split("(")[0]
-    name = c.model or (run_model if run_model in ("mlp", "convnet", "resnet", "two_layer")
-                       else "mlp")
-    kw = ({"hidden": tuple(c.hidden)} if name == "mlp" else
-          {"width": c.width, "depth": c.depth, "norm": c.norm} if name == "convnet" else
-          {"width": c.width, "norm": c.norm} if name == "resnet" else {"width": c.width})
+    name, kw = _eval_network(c, meta)
     model = make_model(name, train.num_classes, **kw)
     check_input_shape(model, train.feature_shape, f"--model {name}", meta["dataset"])
-    same_arch = c.model is None or model.name == saved.get("model")
+    same_arch = model.name == saved.get("model")
     lr = c.lr or saved.get("lr_default", 0.01)
     if "epochs" in saved:  # the image protocol (DC/DSA/DM/MTT)
         aug = saved.get("augmentation", "none") != "none" if c.augment == "auto" else (
@@ -411,7 +534,7 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
                                    batch_size=saved.get("batch_size") or 256, augment=augment,
                                    full_data_epochs=(c.full_data_epochs
                                                      or saved.get("full_data_epochs")))
-        return learner, _tag(model.name), same_arch and c.lr is None
+        return learner, _tag(model.name), _use_learned_lr(c, same_arch)
     base = {k: saved[k] for k in TrainConfig._fields if k in saved}
     cfg = TrainConfig(**base) if base else TrainConfig(steps=20)
     if saved.get("kind") != "network":
@@ -420,39 +543,39 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         cfg = TrainConfig(steps=200, optimizer="adam", loss="mse")
     cfg = cfg._replace(steps=c.steps or cfg.steps, memory="unroll", batch_size=None)
     learner = network_learner(model, cfg, lr, full_data=full_data_config(cfg, train.n))
-    return learner, _tag(model.name), same_arch and c.lr is None
+    return learner, _tag(model.name), _use_learned_lr(c, same_arch)
+
+
+def _use_learned_lr(c: EvaluateConfig, same_arch: bool) -> bool:
+    if c.lr is not None or c.learned_lr == "no":
+        return False
+    return same_arch or c.learned_lr == "yes"
 
 
 def cmd_evaluate(a) -> int:
     import jax
     import numpy as np
-    from jdd.artifacts import load_distilled, write_json
+    from jdd.artifacts import load_distilled_with_hash, write_json
     from jdd.config import ConfigError, from_namespace
     from jdd.data import DataError, load_dataset
-    from jdd.evaluate import evaluate_full_data, evaluate_random_subset, evaluate_set
+    from jdd.rundir import RunFolderError, add_file
 
     try:
         c = from_namespace(EvaluateConfig, a)
     except ConfigError as e:
         raise CLIError(str(e)) from None
     try:
-        ds = load_distilled(a.run)
+        ds, set_sha = load_distilled_with_hash(a.run)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     meta = ds.meta
-    run_dir = a.run if os.path.isdir(a.run) else os.path.dirname(a.run)
-    saved = meta.get("learner", {})
-    protocol = "epochs" in saved
-    kind = c.learner if c.learner != "auto" else ("krr" if saved.get("kind") == "krr"
-                                                  else "network")
-    if kind == "network":
-        wrong = ([("--steps", c.steps, "--epochs")] if protocol else
-                 [("--epochs", c.epochs, "--steps"), ("--full-data-epochs", c.full_data_epochs,
-                                                      "--steps")])
-        for name, value, use in wrong:
-            if value is not None:
-                kind = "epochs (the image protocol)" if protocol else "a number of steps"
-                raise CLIError(f"{name}: this run's learner trains for {kind}; use {use}")
+    set_path = os.path.join(a.run, "distilled.npz") if os.path.isdir(a.run) else a.run
+    run_dir = os.path.dirname(os.path.abspath(set_path))
+    _check_evaluate_options(c, meta)
+    for folder in (run_dir, os.path.dirname(run_dir)):  # eval-*.json inside, the lock beside
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CLIError(f"{folder} is not writable: jdd evaluate writes eval-NAME.json into "
+                           f"the run folder (copy the folder somewhere writable)")
     try:
         train, test = load_dataset(meta["dataset"], c.data_dir or meta.get("data_dir"))
     except DataError as e:
@@ -471,35 +594,34 @@ def cmd_evaluate(a) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     set_lr = ds.lr if use_lr else np.full_like(ds.lr, np.nan)
-    a = argparse.Namespace(seed=c.seed, n_models=c.n_models, no_baselines=not c.baselines,
-                           quiet=c.quiet)
     ds = ds._replace(lr=set_lr)
     _say(c.quiet, f"evaluating {ds.x.shape[0]} seed(s) x {c.n_models} models with "
-                  f"{learner.name}" + (" and both baselines" if c.baselines else ""))
-    key = jax.random.key(a.seed)
+                  f"{learner.name}" + (" and both baselines" if c.baselines else "") +
+                  (" at the set's learned learning rate" if use_lr else ""))
+    key = jax.random.key(c.seed)
+    ipc = int(meta["ipc"])
     with _precision_of(ds.x) as (cast, _):
-        train, test = cast(train), cast(test)
-        per_seed = [evaluate_set(learner, jax.random.fold_in(key, s), ds.x[s], ds.y[s], test,
-                                 a.n_models, ds.lr[s]) for s in range(ds.x.shape[0])]
-        out = {"run": os.path.abspath(run_dir), "method": meta["method"], "dataset": meta["dataset"],
-               "ipc": meta["ipc"], "learner_config": learner.config, "result": _pool(per_seed)}
-        rows = [(f"distilled ({meta['method']}, ipc {meta['ipc']})", out["result"])]
-        if not a.no_baselines:
-            ipc = int(meta["ipc"])
-            out["baselines"] = {
-                "random_subset": evaluate_random_subset(learner, jax.random.fold_in(key, 1 << 20),
-                                                        train, test, ipc, a.n_models).to_dict(),
-                "full_data": evaluate_full_data(learner, jax.random.fold_in(key, 1 << 21), train,
-                                                test, c.full_data_models or a.n_models
-                                                ).to_dict()}
-            rows += [(f"random subset (ipc {ipc})", out["baselines"]["random_subset"]),
-                     ("full data", out["baselines"]["full_data"])]
+        result, rand, full = evaluate_with_baselines(
+            learner, key, ds.x, ds.y, ds.lr, cast(train), cast(test), ipc, c.n_models,
+            c.full_data_models or c.n_models, baselines=c.baselines, quiet=c.quiet)
+    out = {"run": os.path.abspath(run_dir), "run_id": meta.get("run_id"),
+           "set_sha256": set_sha, "method": meta["method"], "dataset": meta["dataset"],
+           "ipc": meta["ipc"], "learner_config": learner.config, "learned_lr_used": use_lr,
+           "result": result}
+    rows = [(f"distilled ({meta['method']}, ipc {ipc})", result)]
+    if c.baselines:
+        out["baselines"] = {"random_subset": rand, "full_data": full}
+        rows += [(f"random subset (ipc {ipc})", rand), ("full data", full)]
     out["versions"] = versions()
-    path = os.path.join(run_dir, f"eval-{tag}.json")
-    write_json(path, out)
-    if not a.quiet:
+    name = f"eval-{tag}.json"
+    try:
+        add_file(run_dir, name, lambda p: write_json(p, out), expect_sha256=set_sha,
+                 set_name=os.path.basename(set_path))
+    except (RunFolderError, OSError) as e:
+        raise CLIError(str(e)) from None
+    if not c.quiet:
         print(results_table(rows))
-        print(f"wrote {path}")
+        print(f"wrote {os.path.join(run_dir, name)}")
     return 0
 
 
@@ -547,11 +669,51 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as e:
         print(f"jdd {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"jdd {command}: interrupted; nothing half-written was left behind.",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = getattr(e, "exit_code", EXIT_SIGINT)
+        sig = "SIGTERM" if code == EXIT_SIGTERM else "SIGINT"
+        left = {"experts": "the experts finished so far are saved; rerun the same command to "
+                           "resume",
+                "evaluate": "the run folder holds only complete files"}.get(
+            command, "the output folder is as it was before (a run is written as a whole or not "
+                     "at all)")
+        print(f"jdd {command}: interrupted ({sig}); {left}.", file=sys.stderr, flush=True)
+        return code
+
+
+#: Exit codes: 0 done, 1 an unexpected error, 2 bad input (one line on stderr), 128 + signal
+#: number when interrupted (SIGINT 130, SIGTERM 143).
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the same clean-up runs."""
+
+    exit_code = EXIT_SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def console_main() -> None:
+    """The ``jdd`` console command: :func:`main` with SIGTERM handled like SIGINT.
+
+    An interrupted run leaves its output folder as it was and exits with 128 + the signal's
+    number, without running the interpreter's teardown: JAX may still have computations in flight
+    on its own threads, and finalising the runtime under them can crash (exit 139).
+    """
+    import signal
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    rc = main()
+    if rc in (EXIT_SIGINT, EXIT_SIGTERM):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -649,15 +649,29 @@ def cmd(args) -> int:
     """Run ``jdd experts`` from parsed arguments; user errors raise ``jdd.cli.CLIError``."""
     from jdd.cli import CLIError
     from jdd.config import from_namespace
-    from jdd.data import DataError, load_dataset, preprocess
-    from jdd.methods import network_kwargs
-    from jdd.models import check_input_shape, make_model
     try:
         cfg = from_namespace(ExpertsConfig, args)
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise CLIError(f"--out {cfg.out}: exists and is not a folder")
+    from jdd.cli import check_output_folder
+    from jdd.rundir import RunFolderError, acquire_lock, release_lock
+    check_output_folder(cfg.out)
+    try:  # one writer per buffer folder: a second `jdd experts --out` is refused at once
+        token = acquire_lock(cfg.out, "jdd experts")
+    except RunFolderError as e:
+        raise CLIError(str(e)) from None
+    try:
+        return _train(cfg)
+    finally:
+        release_lock(cfg.out, token)
+
+
+def _train(cfg: ExpertsConfig) -> int:
+    """``jdd experts`` once the folder is locked: load, check the network, train, report."""
+    from jdd.cli import CLIError
+    from jdd.data import DataError, load_dataset, preprocess
+    from jdd.methods import network_kwargs
+    from jdd.models import check_input_shape, make_model
     try:
         train, test = load_dataset(cfg.dataset, cfg.data_dir)
         train, _, _ = preprocess(train, test, cfg.preprocess, zca_reg=cfg.zca_reg)

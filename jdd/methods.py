@@ -306,7 +306,8 @@ class RunConfig:
     steps: int | None = opt(None, "outer steps (none: the method's validated recipe)", ge=1,
                             le=10**8)
     log_every: int = opt(50, "steps per jitted chunk / log entry", ge=1)
-    out: str | None = opt(None, "output folder (required)")
+    out: str | None = opt(None, "output folder (required); written as a whole when the run ends")
+    overwrite: bool = opt(False, "replace the run already in --out (refused without this flag)")
     quiet: bool = opt(False, "no progress bar or table")
     n_models: int = opt(10, "fresh models per evaluated set", ge=1, le=10000)
     full_data_models: int | None = opt(None, "models of the full-data baseline (none: "

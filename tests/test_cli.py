@@ -182,7 +182,8 @@ def _saved_set(tmp_path, **change):
     y = np.eye(10, dtype=np.float32)[None]
     meta = {"method": "unrolled", "dataset": "digits", "ipc": 1, "num_classes": 10,
             "learner": {"kind": "network", "model": "mlp(hidden=(16,))", "steps": 3,
-                        "optimizer": "adam", "lr_default": 0.01}}
+                        "optimizer": "adam", "lr_default": 0.01},
+            "config": {"model": "mlp", "hidden": [16]}}
     arrays = {"x": x, "y": y, "lr": np.array([0.05], np.float32), "meta": meta}
     arrays.update(change)
     path = tmp_path / "run"
@@ -197,13 +198,22 @@ def _saved_set(tmp_path, **change):
     (["--full-data-models", "-1"], "--full-data-models: expected an integer >= 1"),
     (["--lr", "nan"], "--lr: expected a number > 0"),
     (["--memory", "unroll"], "unrecognized arguments: --memory"),
+    (["--width", "64"], "--width: the mlp network has no width (it is an option of --model "
+                        "convnet / resnet / two_layer)"),
+    (["--model", "resnet", "--depth", "2"], "--depth: the resnet network has no depth"),
+    (["--model", "convnet", "--hidden", "32"], "--hidden: the convnet network has no hidden"),
+    (["--kernel", "fc-ntk"], "--kernel: an option of the krr learner"),
+    (["--learner", "krr", "--steps", "3"], "--steps: the krr learner trains no network"),
+    (["--learned-lr", "maybe"], "--learned-lr: expected one of: auto, yes, no"),
 ])
 def test_evaluate_bad_options_are_refused(tmp_path, capsys, argv, msg):
     run = _saved_set(tmp_path)
     with pytest.raises(SystemExit) if "unrecognized" in msg else _nothing():
-        rc = main(["evaluate", str(run), *argv])
+        # --data-dir /nonexistent: the option is refused before any data is looked for
+        rc = main(["evaluate", str(run), "--data-dir", "/nonexistent", *argv])
         assert rc == 2
-    assert msg in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert msg in err and "nonexistent" not in err, err
 
 
 class _nothing:
@@ -253,7 +263,7 @@ def test_evaluate_uses_the_learned_lr_only_on_its_own_architecture(tmp_path):
 
 
 _PROTOCOL_META = {"method": "dm", "dataset": "digits", "ipc": 1, "num_classes": 10,
-                  "learner": {"kind": "network", "model": "convnet(depth=2, width=8)",
+                  "learner": {"kind": "network", "model": "convnet(depth=2, norm=instance, width=8)",
                               "epochs": 4, "batch_size": 256, "augmentation": "none",
                               "full_data_epochs": 2, "lr_default": 0.01}}
 
@@ -286,6 +296,25 @@ def test_evaluate_full_data_epochs_sets_the_protocol_baseline(tmp_path):
     assert (mine.config["full_data_epochs"], mine.config["epochs"]) == (7, 3)
 
 
+def test_evaluate_takes_the_runs_network_unless_told_otherwise(tmp_path):
+    from jdd.cli import EvaluateConfig, _eval_learner, _eval_network
+    from jdd.data import load_digits
+    meta = dict(_PROTOCOL_META, config={"eval_model": "convnet", "eval_width": 8,
+                                        "eval_depth": 2, "eval_norm": "instance",
+                                        "model": "convnet", "width": 128, "depth": 3})
+    meta = load_distilled(_saved_set(tmp_path, meta=meta)).meta
+    train, _ = load_digits()
+    assert _eval_network(EvaluateConfig(), meta) == (
+        "convnet", {"width": 8, "depth": 2, "norm": "instance"})   # the evaluation network
+    assert _eval_network(EvaluateConfig(depth=3), meta)[1] == {"width": 8, "depth": 3,
+                                                               "norm": "instance"}
+    assert _eval_network(EvaluateConfig(model="resnet"), meta) == (
+        "resnet", {"width": 128, "norm": "instance"})               # another kind: defaults
+    same = [_eval_learner(EvaluateConfig(**kw), meta, train)[2]
+            for kw in ({}, {"model": "convnet"}, {"width": 16}, {"learned_lr": "no"})]
+    assert same == [True, True, False, False]
+
+
 def test_help_is_complete(capsys):
     for argv in (["--help"], ["evaluate", "--help"]):
         with pytest.raises(SystemExit) as e:
@@ -302,3 +331,13 @@ def test_help_is_complete(capsys):
         assert word in text, word
     assert main(["methods"]) == 0
     assert "krr-closed-form" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_run_folder_it_cannot_write_before_any_work(tmp_path, capsys,
+                                                                       monkeypatch):
+    run = _saved_set(tmp_path)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(run) else real(p, m))
+    assert main(["evaluate", str(run), "--data-dir", "/nonexistent", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is not writable" in err and "nonexistent" not in err, err

@@ -1,0 +1,5 @@
+"""``python -m jdd``: the ``jdd`` command."""
+
+from jdd.cli import console_main
+
+console_main()
