@@ -101,9 +101,10 @@ def main():
             a = _jdd(out, errs[0], 1000 + 2 * t)
             time.sleep(lag)
             b = _jdd(out, errs[1], 1001 + 2 * t)
-            target = rng.choice([a, b])
             time.sleep(max(0.0, delay - lag))
-            if target.poll() is None:
+            live = [proc for proc in (a, b) if proc.poll() is None]
+            target = rng.choice(live) if live else None  # the refused one has usually exited
+            if target is not None:
                 target.send_signal(getattr(signal, sig))
             codes = [a.wait(), b.wait()]
             texts = [open(e).read() for e in errs]
@@ -118,7 +119,7 @@ def main():
                 problems.append(f"left beside the folder: {leftovers}")
             new_ids = {x for x in (run_id,) if x != before}
             outcome = "previous run kept" if run_id == before else "replaced by a new run"
-            rec = {"trial": t, "signal": sig, "delay_s": round(delay, 2), "lag_s": round(lag, 2),
+            rec = {"trial": t, "signal": sig if target is not None else "none (both had ended)", "delay_s": round(delay, 2), "lag_s": round(lag, 2),
                    "exit_codes": codes, "refused_concurrent": refused, "crashes": crash,
                    "tracebacks": tracebacks, "problems": problems, "outcome": outcome,
                    "new_run": bool(new_ids)}

@@ -210,6 +210,9 @@ def main(argv=None) -> int:
                    "official_cpu_s_per_iteration": OFFICIAL_CPU_S.get(name) if ipc == 1 else None,
                    **speed, "png": os.path.relpath(png, os.path.dirname(RESULTS)),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+            if name == "mtt":
+                buf = json.load(open(os.path.join(buffer_dir, "buffer.json")))
+                res["experts"] = {k: buf[k] for k in ("n_experts", "epochs", "lr", "batch_size")}
             if args.cross_arch and ipc == 1:
                 res["cross_arch"] = evaluate_archs(out, n_models, quick=args.quick,
                                                    baselines=cross_baselines)
@@ -314,7 +317,9 @@ def _experts(work: str, dataset: str, quick: bool) -> str:
     """Train the expert trajectories MTT matches (jdd experts), once per benchmark run."""
     from jdd.cli import main as jdd_main
     out = os.path.join(work, "experts")
-    argv = ["experts", "--dataset", dataset, "--out", out, "--quiet", "--n-experts", "5"]
+    # the `jdd experts` defaults (10 experts x 30 epochs): on a validation split of digits they
+    # scored 92.19 +- 0.78 % against 91.94 +- 1.05 with 5 experts (mtt_recipe.py --experts)
+    argv = ["experts", "--dataset", dataset, "--out", out, "--quiet"]
     if quick:
         argv += ["--n-experts", "2", "--epochs", "3"]
     if jdd_main(argv) != 0:
