@@ -8,8 +8,9 @@ distillation, evaluation or writing). After both have ended the folder is checke
 * it holds exactly one run: ``manifest.json`` lists every file, each with its SHA-256, no other
   file is there, and ``metrics.json``, the set's metadata and the manifest name the same run id;
 * that run is the previous one or one of the two new ones (never a mixture);
-* no exit was a crash (a signal other than the SIGKILL sent, or 139) and no stderr holds a
-  Python traceback;
+* no exit was a crash (a signal other than the one sent, or 134 / 139) and no stderr holds a
+  Python traceback (SIGTERM during interpreter start-up, before jdd has installed its handler,
+  ends the process by the default action: the shell's 143, nothing written);
 * nothing is left beside the folder (staging folders, locks), except what a SIGKILLed run leaves,
   which the next trial's run must clean up (checked on that trial).
 
@@ -109,8 +110,12 @@ def main():
             codes = [a.wait(), b.wait()]
             texts = [open(e).read() for e in errs]
             run_id, problems = check_folder(out)
+            # a process the sent signal ended by its default action (SIGKILL always; SIGTERM
+            # during interpreter start-up, before jdd installs its handler) is not a crash;
+            # any other signal (SIGSEGV, SIGABRT, ...) or 139 is
             crash = [c for c, proc in zip(codes, (a, b))
-                     if (c < 0 and not (proc is target and sig == "SIGKILL")) or c == 139]
+                     if (c < 0 and not (proc is target and c == -getattr(signal, sig)))
+                     or c in (134, 139)]
             tracebacks = sum("Traceback" in x for x in texts)
             refused = sum("being written by another run" in x for x in texts)
             parent = os.listdir(work)
