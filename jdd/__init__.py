@@ -24,16 +24,39 @@ Example:
 
 __version__ = "0.1.0"
 
-from jdd import artifacts, data, distill, evaluate, kernels, models, train  # noqa: E402
-from jdd.artifacts import load_distilled, save_distilled  # noqa: E402
-from jdd.data import (DataError, Dataset, fit_preprocessor, load_dataset, load_digits,  # noqa: E402
-                      preprocess, sample_per_class)
-from jdd.distill import (Distiller, Synthetic, bilevel, closed_form_distill, kip,  # noqa: E402
-                         unrolled)
-from jdd.evaluate import (EvalResult, Learner, evaluate_full_data,  # noqa: E402
-                          evaluate_random_subset, evaluate_set, kernel_learner, network_learner)
-from jdd.models import make_model  # noqa: E402
-from jdd.train import TrainConfig, fit  # noqa: E402
+import importlib as _importlib
+
+# Imported on first use (PEP 562), so that `import jdd` and the `jdd` command start in
+# milliseconds: the command installs its signal handling before JAX is imported, and
+# `jdd --help` needs no JAX at all. `from jdd import X` and `jdd.X` work as with eager imports.
+_SUBMODULES = ("artifacts", "data", "distill", "evaluate", "kernels", "models", "train")
+_EXPORTS = {
+    "jdd.artifacts": ("load_distilled", "save_distilled"),
+    "jdd.data": ("DataError", "Dataset", "fit_preprocessor", "load_dataset", "load_digits",
+                 "preprocess", "sample_per_class"),
+    "jdd.distill": ("Distiller", "Synthetic", "bilevel", "closed_form_distill", "kip",
+                    "unrolled"),
+    "jdd.evaluate": ("EvalResult", "Learner", "evaluate_full_data", "evaluate_random_subset",
+                     "evaluate_set", "kernel_learner", "network_learner"),
+    "jdd.models": ("make_model",),
+    "jdd.train": ("TrainConfig", "fit"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"jdd.{name}")
+    if name in _WHERE:
+        value = getattr(_importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jdd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = ["DataError", "Dataset", "Distiller", "EvalResult", "Learner", "Synthetic", "TrainConfig", "artifacts",
            "bilevel", "closed_form_distill", "data", "distill", "evaluate",

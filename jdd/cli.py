@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     try:
+        if command in ("distill", "evaluate", "experts", "methods"):
+            _preload()
         if command == "distill":
             rest = argv[1:]
             if any(h in rest for h in ("-h", "--help")):
@@ -679,6 +681,18 @@ def main(argv: list[str] | None = None) -> int:
                      "at all)")
         print(f"jdd {command}: interrupted ({sig}); {left}.", file=sys.stderr, flush=True)
         return code
+
+
+def _preload() -> None:
+    """Import the heavy modules with SIGINT / SIGTERM held until they are in: a signal raised
+    inside a compiled extension's initialisation (jaxlib's) turns into an ImportError with a
+    traceback, or is lost. The signal then acts right after, as a KeyboardInterrupt."""
+    import importlib
+    from jdd.rundir import signals_deferred
+    with signals_deferred():
+        for name in ("jax", "jax.numpy", "matplotlib", "jdd.artifacts", "jdd.evaluate",
+                     "jdd.experts", "jdd.methods"):
+            importlib.import_module(name)
 
 
 #: Exit codes: 0 done, 1 an unexpected error, 2 bad input (one line on stderr), 128 + signal

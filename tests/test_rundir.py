@@ -219,8 +219,10 @@ sys.argv = ["jdd"] + sys.argv[1:]
 cli.console_main()
 """
 
-#: Where each signal lands: the text on stderr that marks the point.
-_POINTS = {"distill": "unrolled ipc=1", "evaluate": "evaluate [1/", "write": "POINT write"}
+#: Where each signal lands: the text on stderr that marks the point ("" for start-up: 0.5 s after
+#: the process started, while it imports JAX).
+_POINTS = {"start-up": "", "distill": "unrolled ipc=1", "evaluate": "evaluate [1/",
+           "write": "POINT write"}
 
 
 def test_sigint_and_sigterm_at_any_point_exit_cleanly_and_leave_the_folder(tmp_path):
@@ -228,8 +230,8 @@ def test_sigint_and_sigterm_at_any_point_exit_cleanly_and_leave_the_folder(tmp_p
             "50", "--inner-steps", "5", "--hidden", "8", "--full-data-models", "1",
             "--full-data-epochs", "1", "--overwrite"]
     # only the "evaluate" point needs an evaluation long enough to land in
-    per_point = {"distill": ["--no-eval"], "evaluate": ["--n-models", "300"],
-                 "write": ["--no-eval"]}
+    per_point = {"start-up": ["--no-eval"], "distill": ["--no-eval"],
+                 "evaluate": ["--n-models", "300"], "write": ["--no-eval"]}
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = {}
     for sig in ("SIGINT", "SIGTERM"):
