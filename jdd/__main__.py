@@ -1,5 +1,5 @@
 """``python -m jdd``: the ``jdd`` command."""
 
-from jdd.cli import console_main
+from jdd.console import main
 
-console_main()
+main()

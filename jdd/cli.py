@@ -695,39 +695,9 @@ def _preload() -> None:
             importlib.import_module(name)
 
 
-#: Exit codes: 0 done, 1 an unexpected error, 2 bad input (one line on stderr), 128 + signal
-#: number when interrupted (SIGINT 130, SIGTERM 143).
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so the same clean-up runs."""
-
-    exit_code = EXIT_SIGTERM
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def console_main() -> None:
-    """The ``jdd`` console command: :func:`main` with SIGTERM handled like SIGINT.
-
-    An interrupted run leaves its output folder as it was and exits with 128 + the signal's
-    number, without running the interpreter's teardown: JAX may still have computations in flight
-    on its own threads, and finalising the runtime under them can crash (exit 139).
-    """
-    import signal
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-    rc = main()
-    if rc in (EXIT_SIGINT, EXIT_SIGTERM):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(rc)
-    sys.exit(rc)
+from jdd.console import EXIT_SIGINT, EXIT_SIGTERM  # noqa: E402  (exit codes, documented there)
 
 
 if __name__ == "__main__":
-    console_main()
+    from jdd.console import main as _console_main
+    _console_main()

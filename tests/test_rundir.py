@@ -165,10 +165,11 @@ def test_distill_writes_one_run_id_everywhere_and_overwrite_clears_stale_files(t
     os.umask(mask)
     assert all(os.stat(out / n).st_mode & 0o777 == 0o666 & ~mask for n in names)  # not 0600
 
-    # a set copied in from another run is refused by name, before any work
-    other = tmp_path / "other"
-    assert main([*TINY, "--out", str(other), "--no-eval"]) == 0
-    (out / "distilled.npz").write_bytes((other / "distilled.npz").read_bytes())
+    # a set copied in from another run (here: the same arrays with other metadata) is refused
+    from jdd.artifacts import save_distilled
+    ds = load_distilled(out)
+    save_distilled(out / "distilled.npz", ds.x, ds.y, ds.lr, ds.preprocessor,
+                   dict(ds.meta, run_id="another run"))
     with pytest.raises(ValueError, match="not the file of run"):
         load_distilled(out)
     assert main(["evaluate", str(out), "--quiet"]) == 2
@@ -215,13 +216,19 @@ def slow(*a, **k):
     time.sleep(120)
     return real(*a, **k)
 cli._save_pictures = slow
+real_preload = cli._preload
+def preload():
+    print("POINT start-up", file=sys.stderr, flush=True)
+    real_preload()
+cli._preload = preload
 sys.argv = ["jdd"] + sys.argv[1:]
-cli.console_main()
+from jdd.console import main
+main()
 """
 
-#: Where each signal lands: the text on stderr that marks the point ("" for start-up: 0.5 s after
-#: the process started, while it imports JAX).
-_POINTS = {"start-up": "", "distill": "unrolled ipc=1", "evaluate": "evaluate [1/",
+#: Where each signal lands: the text on stderr that marks the point (start-up: as the command
+#: starts importing JAX, with its handlers installed).
+_POINTS = {"start-up": "POINT start-up", "distill": "unrolled ipc=1", "evaluate": "evaluate [1/",
            "write": "POINT write"}
 
 
