@@ -131,7 +131,10 @@ def evaluate_with_baselines(learner, key, x, y, lr, train, test, ipc: int, n_mod
     phases = seeds + (2 if baselines else 0)
     t0 = time.perf_counter()
 
+    from jdd.console import raise_if_interrupted
+
     def step(i: int, what: str, fn):
+        raise_if_interrupted()
         start = time.perf_counter()
         if not quiet:
             print(f"evaluate [{i}/{phases}] {what} ...", file=sys.stderr, flush=True)

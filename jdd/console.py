@@ -23,8 +23,23 @@ class Terminated(KeyboardInterrupt):
     exit_code = EXIT_SIGTERM
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+#: The signal received by this command, if any. A KeyboardInterrupt raised inside code that
+#: swallows it (a callback from compiled code) would be lost; :func:`raise_if_interrupted`,
+#: called at safe points (each chunk of a run, each evaluation phase, before a run folder is
+#: committed), raises it again.
+_received: list[int] = []
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interrupt of a signal this command received, if one came (a no-op in a
+    process that is not the ``jdd`` command)."""
+    if _received:
+        raise Terminated() if _received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _leave(code: int) -> None:
@@ -38,8 +53,10 @@ def _leave(code: int) -> None:
 
 def main() -> None:
     """Run ``jdd`` (:func:`jdd.cli.main`) with SIGTERM handled like SIGINT."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, _on_signal)
     from jdd.rundir import signals_deferred
     try:
         with signals_deferred():  # a signal during this import acts right after it

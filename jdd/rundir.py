@@ -307,6 +307,8 @@ class RunWriter:
             The manifest.
         """
         from jdd.artifacts import write_json
+        from jdd.console import raise_if_interrupted
+        raise_if_interrupted()  # a signal whose interrupt was lost never lets a run commit
         staging = os.path.dirname(self.path(MANIFEST))
         files = {n: _entry(os.path.join(staging, n)) for n in sorted(os.listdir(staging))
                  if not n.startswith(".")}

@@ -265,6 +265,7 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     chunks = [log_every] * n_full + ([rem] if rem else [])
     history: dict[str, list] = {}
     logged = []
+    from jdd.console import raise_if_interrupted
     bar = _progress_bar(steps, desc, progress)
     try:
         for n in chunks:
@@ -279,6 +280,7 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
                 bar.set_postfix(loss=f"{loss:.4g}")
                 bar.update(n)
             _check_finite(history, done)
+            raise_if_interrupted()  # the `jdd` command's signal, if its interrupt was lost
     finally:
         if bar is not None:
             bar.close()
