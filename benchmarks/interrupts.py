@@ -122,12 +122,11 @@ def main():
             leftovers = [n for n in parent if n.startswith(".run.")]
             if leftovers and not (sig == "SIGKILL"):
                 problems.append(f"left beside the folder: {leftovers}")
-            new_ids = {x for x in (run_id,) if x != before}
             outcome = "previous run kept" if run_id == before else "replaced by a new run"
             rec = {"trial": t, "signal": sig if target is not None else "none (both had ended)", "delay_s": round(delay, 2), "lag_s": round(lag, 2),
                    "exit_codes": codes, "refused_concurrent": refused, "crashes": crash,
                    "tracebacks": tracebacks, "problems": problems, "outcome": outcome,
-                   "new_run": bool(new_ids)}
+                   "new_run": run_id != before}
             records.append(rec)
             rows.append([t, sig, f"{delay:.1f}", f"{codes[0]}/{codes[1]}", refused, outcome,
                          len(crash), tracebacks, "; ".join(problems) or "ok"])

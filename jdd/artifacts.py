@@ -219,7 +219,7 @@ def _check_preprocessor(pre, feature_shape: tuple[int, ...], path: str) -> None:
             raise ValueError(f"{path}: preprocessing array pre_{field} contains NaN/inf values.")
 
 
-def load_distilled(path: str | os.PathLike, *, _hash_into: dict | None = None) -> DistilledSet:
+def load_distilled(path: str | os.PathLike) -> DistilledSet:
     """Read a ``distilled.npz`` written by :func:`save_distilled` (a run folder works too).
 
     When a ``manifest.json`` lies beside it (a ``jdd distill`` run folder), the file must be the
@@ -231,6 +231,13 @@ def load_distilled(path: str | os.PathLike, *, _hash_into: dict | None = None) -
             not JSON, or its arrays are inconsistent (:func:`validate_distilled`); the message
             names the file and what was expected.
     """
+    return load_distilled_with_hash(path)[0]
+
+
+def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str]:
+    """:func:`load_distilled` plus the SHA-256 of the bytes it read (the set's identity, which
+    ``jdd evaluate`` checks again before it adds a file to the run folder)."""
+    import hashlib
     from jdd.data.preprocess import Preprocessor
 
     path = os.fspath(path)
@@ -244,10 +251,7 @@ def load_distilled(path: str | os.PathLike, *, _hash_into: dict | None = None) -
             raw_bytes = f.read()
     except OSError as e:
         raise ValueError(f"{path} could not be read ({e}).") from e
-    import hashlib
     digest = hashlib.sha256(raw_bytes).hexdigest()
-    if _hash_into is not None:
-        _hash_into["sha256"] = digest
     _check_manifest_entry(path, digest)
     try:
         with np.load(io.BytesIO(raw_bytes), allow_pickle=False) as z:
@@ -278,14 +282,7 @@ def load_distilled(path: str | os.PathLike, *, _hash_into: dict | None = None) -
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     _check_preprocessor(pre, tuple(ds.x.shape[2:]), path)
-    return ds._replace(preprocessor=pre)
-
-
-def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str]:
-    """:func:`load_distilled` plus the SHA-256 of the bytes it read (the set's identity)."""
-    holder = {}
-    ds = load_distilled(path, _hash_into=holder)
-    return ds, holder["sha256"]
+    return ds._replace(preprocessor=pre), digest
 
 
 def save_image_grid(path: str | os.PathLike, images, labels=None, *, title: str | None = None,
