@@ -3,6 +3,8 @@
 ``jdd distill``  distil a dataset (several seeds in one vmapped computation), evaluate, save.
 ``jdd evaluate`` re-evaluate a saved distilled set (e.g. on another architecture).
 ``jdd experts``  train expert trajectories for trajectory matching (``--method mtt``).
+``jdd export``   write a distilled set in pixel space for PyTorch (safetensors, pt, npz, png).
+``jdd import``   make a run folder from a set distilled elsewhere, for ``jdd evaluate``.
 ``jdd methods``  list methods, datasets, models and kernels.
 
 Run ``jdd COMMAND --help`` for every option.
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(e, EvaluateConfig)
     from jdd import experts
     experts.add_parser(sub)
+    from jdd.interop import commands
+    commands.add_parsers(sub)
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
     return p
 
@@ -648,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     try:
-        if command in ("distill", "evaluate", "experts", "methods"):
+        if command in ("distill", "evaluate", "experts", "methods", "export", "import"):
             _preload()
         if command == "distill":
             rest = argv[1:]
@@ -669,8 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         from jdd import experts
-        return {"evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd}[
-            a.command](a)
+        from jdd.interop import commands
+        return {"evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd,
+                "export": commands.cmd_export, "import": commands.cmd_import}[a.command](a)
     except CLIError as e:
         print(f"jdd {command}: error: {e}", file=sys.stderr)
         return 2

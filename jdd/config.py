@@ -72,7 +72,8 @@ def _describe(tp, meta) -> str:
         shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
         return "one of: " + shown + (" (or none)" if optional else "")
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        base, "a tuple of integers" if _is_int_tuple(base) else str(base))
+        base, (f"a tuple of {'numbers' if _elem(base) is float else 'integers'}"
+               if _is_int_tuple(base) else str(base)))
     parts.append(name)
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
@@ -91,7 +92,14 @@ def _base_type(tp):
 
 
 def _is_int_tuple(tp) -> bool:
+    """A ``tuple[int, ...]`` (or ``tuple[float, ...]``) field: several values on the CLI."""
     return typing.get_origin(tp) is tuple
+
+
+def _elem(tp):
+    """The element type of a tuple field (int unless declared ``tuple[float, ...]``)."""
+    args = typing.get_args(tp)
+    return float if args and args[0] is float else int
 
 
 def convert(name: str, tp, meta: dict, value: Any) -> Any:
@@ -132,7 +140,7 @@ def convert(name: str, tp, meta: dict, value: Any) -> Any:
             v = value
         elif _is_int_tuple(base):
             items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
-            v = tuple(int(i) for i in items)
+            v = tuple(_elem(base)(i) for i in items)
             if not v:
                 raise ValueError
         else:

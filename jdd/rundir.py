@@ -310,8 +310,13 @@ class RunWriter:
         from jdd.console import raise_if_interrupted
         raise_if_interrupted()  # a signal whose interrupt was lost never lets a run commit
         staging = os.path.dirname(self.path(MANIFEST))
-        files = {n: _entry(os.path.join(staging, n)) for n in sorted(os.listdir(staging))
-                 if not n.startswith(".")}
+        files = {}
+        for root, dirs, names in os.walk(staging):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for n in sorted(names):
+                if not n.startswith("."):
+                    rel = os.path.relpath(os.path.join(root, n), staging)
+                    files[rel] = _entry(os.path.join(root, n))
         manifest = {"run_id": self.run_id, "command": self.command,
                     "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                     **info, "files": files}

@@ -16,6 +16,12 @@ from jdd.data.preprocess import Preprocessor, fit_preprocessor, preprocess
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar100_coarse", "npz")
 
+#: (feature shape, number of classes) of the named datasets whose files have a fixed layout (an
+#: ``npz`` dataset can be anything), so imported sets are checked before any data is loaded.
+SHAPES = {"digits": ((8, 8, 1), 10), "mnist": ((28, 28, 1), 10),
+          "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
+          "cifar100": ((32, 32, 3), 100), "cifar100_coarse": ((32, 32, 3), 20)}
+
 
 def data_dir_or_env(data_dir: str | os.PathLike | None) -> str:
     """The directory to read from: the argument, else ``$JDD_DATA_DIR``, else a clear error."""
@@ -58,8 +64,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[
     raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}.")
 
 
-__all__ = ["DATASETS", "MAX_CLASSES", "DataError", "Dataset", "Preprocessor", "check_arrays",
-           "check_ipc", "data_dir_or_env", "fit_preprocessor", "load_cifar10", "load_cifar100",
-           "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist", "load_npz",
-           "per_class_indices", "preprocess", "sample_per_class", "stratified_mask",
+__all__ = ["DATASETS", "MAX_CLASSES", "SHAPES", "DataError", "Dataset", "Preprocessor",
+           "check_arrays", "check_ipc", "data_dir_or_env", "fit_preprocessor", "load_cifar10",
+           "load_cifar100", "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist",
+           "load_npz", "per_class_indices", "preprocess", "sample_per_class", "stratified_mask",
            "stratified_split"]
