@@ -5,6 +5,7 @@
 ``jdd experts``  train expert trajectories for trajectory matching (``--method mtt``).
 ``jdd export``   write a distilled set in pixel space for PyTorch (safetensors, pt, npz, png).
 ``jdd import``   make a run folder from a set distilled elsewhere, for ``jdd evaluate``.
+``jdd report``   compare runs: accuracy beside both baselines, robust scores, stored bytes.
 ``jdd methods``  list methods, datasets, models and kernels.
 
 Run ``jdd COMMAND --help`` for every option.
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     experts.add_parser(sub)
     from jdd.interop import commands
     commands.add_parsers(sub)
+    commands.add_report_parser(sub)
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
     return p
 
@@ -73,7 +75,9 @@ def versions() -> dict:
     import optax
     return {"jdd": _version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
             "optax": optax.__version__, "flax": flax.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "backend": jax.default_backend()}
+            "python": platform.python_version(), "backend": jax.default_backend(),
+            "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "host_cpus": os.cpu_count()}
 
 
 def kernel_fn_by_name(name: str, depth: int = 2):
@@ -105,13 +109,28 @@ def _say(quiet: bool, msg: str) -> None:
 
 
 def results_table(rows: list[tuple[str, dict]]) -> str:
-    """Format ``[(label, eval dict)]`` as a plain-text table (accuracies in %)."""
-    head = f"{'set':<28} {'test accuracy (%)':>20} {'models':>7}  learner"
+    """Format ``[(label, eval dict)]`` as a plain-text table (accuracies in %, and the stored
+    size of each set when its dict has ``stored_bytes``)."""
+    from jdd.storage import human
+    head = f"{'set':<28} {'test accuracy (%)':>20} {'models':>7} {'stored':>10}  learner"
     lines = [head, "-" * len(head)]
     for label, r in rows:
         acc = f"{100 * r['test_accuracy_mean']:.2f} +- {100 * r['test_accuracy_std']:.2f}"
-        lines.append(f"{label:<28} {acc:>20} {r['n_models']:>7}  {r['learner']}")
+        size = human(r["stored_bytes"]) if r.get("stored_bytes") is not None else "-"
+        lines.append(f"{label:<28} {acc:>20} {r['n_models']:>7} {size:>10}  {r['learner']}")
     return "\n".join(lines)
+
+
+def add_sizes(result: dict, rand: dict | None, full: dict | None, size: dict, ipc: int,
+              num_classes: int, feature_shape) -> None:
+    """Write ``stored_bytes`` into the result dicts: the set's (one seed), the random subset's
+    and the full data's (:mod:`jdd.storage`)."""
+    from jdd.storage import subset_bytes
+    result["stored_bytes"] = size["total_bytes"]
+    if rand is not None:
+        rand["stored_bytes"] = subset_bytes(ipc, num_classes, feature_shape)
+    if full is not None and "full_data" in size:
+        full["stored_bytes"] = size["full_data"]["total_bytes"]
 
 
 def evaluate_with_baselines(learner, key, x, y, lr, train, test, ipc: int, n_models: int,
@@ -247,17 +266,10 @@ def check_output_folder(out: str) -> None:
         raise CLIError(f"--out {out}: {parent} is not writable")
 
 
-def storage(x, y, lr, hard_labels: bool) -> dict:
-    """Stored size of ONE seed's synthetic set: floats and bytes of inputs, labels (soft labels
-    count in full; hard labels as one int32 class id per example) and learned rates."""
-    import numpy as np
-    m = int(y.shape[1])
-    x_f = int(np.prod(x.shape[1:]))
-    y_f = m if hard_labels else int(np.prod(y.shape[1:]))
-    lr_f = int(np.isfinite(lr[0])) if lr.size else 0
-    return {"inputs_floats": x_f, "labels_values": y_f, "labels_kind": "class ids" if hard_labels
-            else "soft/regression targets", "lr_floats": lr_f,
-            "total_bytes": 4 * (x_f + y_f + lr_f)}
+def storage(x, y, lr, hard_labels: bool, full_n: int | None = None) -> dict:
+    """:func:`jdd.storage.set_storage` (kept here for callers of ``jdd.cli.storage``)."""
+    from jdd.storage import set_storage
+    return set_storage(x, y, lr, hard_labels, full_n)
 
 
 @contextlib.contextmanager
@@ -338,7 +350,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     metrics = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
                "ipc": rc.ipc, "seeds": rc.seeds,
                "steps": steps, "distill_seconds": run.seconds, "run_config": to_dict(rc),
-               "config": run.info, "storage": storage(x, y, lr, hard), **run.extra}
+               "config": run.info, "storage": storage(x, y, lr, hard, train.n), **run.extra}
     if run.history:
         metrics["history"] = {"steps": np.asarray(run.steps_logged).tolist(),
                               **{k: np.asarray(v).tolist() for k, v in run.history.items()}}
@@ -349,6 +361,8 @@ def _distill_into(writer, method, rc, cfg) -> int:
             result, rand, full = evaluate_with_baselines(
                 run.learner, ekey, x, y, lr, tr(train), te(test), rc.ipc, rc.n_models,
                 rc.full_data_models or rc.n_models, quiet=rc.quiet)
+        add_sizes(result, rand, full, metrics["storage"], rc.ipc, train.num_classes,
+                  train.feature_shape)
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
         metrics["eval_seconds"] = time.perf_counter() - t0
@@ -434,9 +448,15 @@ class EvaluateConfig:
     kernel: str | None = opt(None, "krr learner kernel (default: the run's)")
     reg: float | None = opt(None, "krr regulariser", ge=0, le=1e6)
     baselines: bool = opt(True, "also evaluate the random-subset and full-data baselines")
+    robust: bool = opt(False, "also DD-Ranking's label- and augmentation-robust scores "
+                       "(jdd.robust): the set with hard labels, and the set and the random "
+                       "subset with and without DSA; written to eval-*.json and metrics.json")
     quiet: bool = opt(False, "print nothing")
 
     def check(self):
+        if self.robust and not self.baselines:
+            raise ConfigError("--robust and --no-baselines: the robust scores compare the set "
+                              "with both baselines; drop --no-baselines")
         if self.lr is not None and self.learned_lr == "yes":
             raise ConfigError("--lr and --learned-lr yes: expected one learning rate; give "
                               "--lr, or --learned-lr yes without --lr")
@@ -491,6 +511,8 @@ def _check_evaluate_options(c: EvaluateConfig, meta: dict) -> None:
             if getattr(c, key) is not None:
                 raise CLIError(f"--{key.replace('_', '-')}: the krr learner trains no network; "
                                f"use --learner network to train one")
+        if c.augment != "auto":
+            raise CLIError("--augment: the krr learner does not augment; use --learner network")
         return
     for key in ("kernel", "reg"):
         if getattr(c, key) is not None:
@@ -530,18 +552,22 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
     check_input_shape(model, train.feature_shape, f"--model {name}", meta["dataset"])
     same_arch = model.name == saved.get("model")
     lr = c.lr or saved.get("lr_default", 0.01)
+    run_aug = saved.get("augmentation", "none") != "none"
+    aug = run_aug if c.augment == "auto" else c.augment == "dsa"
+    augment = None
+    if aug:
+        if len(train.feature_shape) != 3:
+            raise ValueError(f"--augment dsa: DSA augments images (h, w, c); "
+                             f"{meta['dataset']} has features of shape {train.feature_shape}")
+        from jdd.augment import default_strategy, dsa
+        augment = dsa(default_strategy(meta["dataset"]), siamese=False)
+    tag = _tag(model.name) + ("" if aug == run_aug else "-dsa" if aug else "-noaug")
     if "epochs" in saved:  # the image protocol (DC/DSA/DM/MTT)
-        aug = saved.get("augmentation", "none") != "none" if c.augment == "auto" else (
-            c.augment == "dsa")
-        augment = None
-        if aug:
-            from jdd.augment import default_strategy, dsa
-            augment = dsa(default_strategy(meta["dataset"]), siamese=False)
         learner = protocol_learner(model, epochs=c.epochs or saved["epochs"], lr=lr,
                                    batch_size=saved.get("batch_size") or 256, augment=augment,
                                    full_data_epochs=(c.full_data_epochs
                                                      or saved.get("full_data_epochs")))
-        return learner, _tag(model.name), _use_learned_lr(c, same_arch)
+        return learner, tag, _use_learned_lr(c, same_arch)
     base = {k: saved[k] for k in TrainConfig._fields if k in saved}
     cfg = TrainConfig(**base) if base else TrainConfig(steps=20)
     if saved.get("kind") != "network":
@@ -549,8 +575,9 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         # finite network on them with squared error (as KIP does), for longer.
         cfg = TrainConfig(steps=200, optimizer="adam", loss="mse")
     cfg = cfg._replace(steps=c.steps or cfg.steps, memory="unroll", batch_size=None)
-    learner = network_learner(model, cfg, lr, full_data=full_data_config(cfg, train.n))
-    return learner, _tag(model.name), _use_learned_lr(c, same_arch)
+    learner = network_learner(model, cfg, lr, full_data=full_data_config(cfg, train.n),
+                              augment=augment)
+    return learner, tag, _use_learned_lr(c, same_arch)
 
 
 def _use_learned_lr(c: EvaluateConfig, same_arch: bool) -> bool:
@@ -601,6 +628,8 @@ def cmd_evaluate(a) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     set_lr = ds.lr if use_lr else np.full_like(ds.lr, np.nan)
+    hard = bool(np.all((ds.y == 0) | (ds.y == 1)) and np.all(ds.y.sum(-1) == 1))
+    size = storage(ds.x, ds.y, ds.lr, hard, train.n)    # the set as stored, learned rate too
     ds = ds._replace(lr=set_lr)
     _say(c.quiet, f"evaluating {ds.x.shape[0]} seed(s) x {c.n_models} models with "
                   f"{learner.name}" + (" and both baselines" if c.baselines else "") +
@@ -611,25 +640,122 @@ def cmd_evaluate(a) -> int:
         result, rand, full = evaluate_with_baselines(
             learner, key, ds.x, ds.y, ds.lr, cast(train), cast(test), ipc, c.n_models,
             c.full_data_models or c.n_models, baselines=c.baselines, quiet=c.quiet)
+        robust = (_robust_scores(c, meta, ds, cast(train), cast(test), learner, key, result,
+                                 rand, full) if c.robust else None)
+    add_sizes(result, rand, full, size, ipc, train.num_classes, train.feature_shape)
     out = {"run": os.path.abspath(run_dir), "run_id": meta.get("run_id"),
            "set_sha256": set_sha, "method": meta["method"], "dataset": meta["dataset"],
            "ipc": meta["ipc"], "learner_config": learner.config, "learned_lr_used": use_lr,
-           "result": result}
+           "storage": size, "result": result}
     rows = [(f"distilled ({meta['method']}, ipc {ipc})", result)]
     if c.baselines:
         out["baselines"] = {"random_subset": rand, "full_data": full}
         rows += [(f"random subset (ipc {ipc})", rand), ("full data", full)]
+    if robust is not None:
+        out["robust"] = robust
+        if robust["labels"] == "soft":
+            rows.append(("distilled, hard labels", robust["syn_hard"]))
+        other = robust.get("other_augmentation")
+        if other is not None:
+            how = "no augmentation" if other["augmentation"] == "none" else "with DSA"
+            rows += [(f"distilled, {how}", other["distilled"]),
+                     (f"random subset, {how}", other["random_subset"])]
     out["versions"] = versions()
     name = f"eval-{tag}.json"
     try:
         add_file(run_dir, name, lambda p: write_json(p, out), expect_sha256=set_sha,
                  set_name=os.path.basename(set_path))
+        if robust is not None and os.path.exists(os.path.join(run_dir, "metrics.json")):
+            add_file(run_dir, "metrics.json",
+                     lambda p: write_json(p, _with_robust(p, tag, robust)),
+                     expect_sha256=set_sha, set_name=os.path.basename(set_path))
     except (RunFolderError, OSError) as e:
         raise CLIError(str(e)) from None
     if not c.quiet:
         print(results_table(rows))
+        if robust is not None:
+            print(robust_table(robust))
         print(f"wrote {os.path.join(run_dir, name)}")
     return 0
+
+
+def _with_robust(path: str, tag: str, robust: dict) -> dict:
+    """The run's metrics.json with ``robust[tag]`` set (read under the folder's lock)."""
+    import json
+    with open(path) as f:
+        metrics = json.load(f)
+    metrics.setdefault("robust", {})[tag] = robust
+    return metrics
+
+
+def _robust_scores(c, meta, ds, train, test, learner, key, result, rand, full) -> dict:
+    """DD-Ranking's LRS and ARS (:mod:`jdd.robust`) for a set already evaluated with both
+    baselines: evaluates the extra arms (the set with hard labels; the set and the random
+    subset with the augmentation switched) with the same models' keys."""
+    import jax
+    import numpy as np
+    from jdd.evaluate import evaluate_random_subset, evaluate_set
+    from jdd.robust import augmentation_robust_score, label_robust_score
+
+    def say(msg):
+        _say(c.quiet, f"robust: {msg}")
+
+    def syn(lrn, y):
+        per = [evaluate_set(lrn, jax.random.fold_in(key, s), ds.x[s], y[s], test, c.n_models,
+                            ds.lr[s]) for s in range(ds.x.shape[0])]
+        return _pool(per)
+
+    mean = lambda r: r["test_accuracy_mean"]  # noqa: E731
+    y = np.asarray(ds.y)
+    hard_y = np.eye(y.shape[2], dtype=y.dtype)[np.argmax(y, -1)]
+    soft = not np.array_equal(hard_y, y)
+    if soft:
+        say("the set with hard labels (argmax)")
+    syn_hard = syn(learner, hard_y) if soft else result
+    arms = {"full_hard": mean(full), "syn_hard": mean(syn_hard), "syn": mean(result),
+            "rand": mean(rand)}
+    out = {"definition": "DD-Ranking v0.2.0 (jdd.robust), accuracies as fractions",
+           "labels": "soft" if soft else "hard",
+           "lrs": label_robust_score(arms["full_hard"], arms["syn_hard"], arms["syn"],
+                                     arms["rand"]),
+           "syn_hard": syn_hard}
+    if learner.config.get("kind") == "krr" or len(train.feature_shape) != 3:
+        out["ars"] = None
+        out["ars_why_not"] = ("kernel regression does not augment" if learner.config.get(
+            "kind") == "krr" else "DSA augments images only")
+    else:
+        run_aug = learner.config.get("augmentation", "none") != "none"
+        other, _, _ = _eval_learner(dataclasses.replace(c, augment="none" if run_aug else "dsa"),
+                                    meta, train)
+        say(f"the set and the random subset {'without' if run_aug else 'with'} DSA")
+        syn_o = syn(other, y)
+        rand_o = evaluate_random_subset(other, jax.random.fold_in(key, 1 << 20), train, test,
+                                        int(meta["ipc"]), c.n_models).to_dict()
+        pairs = ((result, rand), (syn_o, rand_o)) if run_aug else ((syn_o, rand_o),
+                                                                    (result, rand))
+        (sa, ra), (sn, rn) = pairs
+        out["ars"] = augmentation_robust_score(mean(sa), mean(ra), mean(sn), mean(rn))
+        out["other_augmentation"] = {"learner": other.name,
+                                     "augmentation": other.config.get("augmentation", "none"),
+                                     "distilled": syn_o, "random_subset": rand_o}
+    out["arms"] = arms
+    return out
+
+
+def robust_table(robust: dict) -> str:
+    """Plain-text lines of the robust scores (percent points, scores in [0, 1])."""
+    lrs = robust["lrs"]
+    lines = [f"label-robust score (DD-Ranking)   LRS {lrs['lrs']:.3f}  (HLR "
+             f"{100 * lrs['hlr']:+.2f} pts, IOR {100 * lrs['ior']:+.2f} pts; {robust['labels']} "
+             f"labels)"]
+    ars = robust.get("ars")
+    if ars is None:
+        lines.append(f"augmentation-robust score: not defined ({robust['ars_why_not']})")
+    else:
+        lines.append(f"augmentation-robust score        ARS {ars['ars']:.3f}  (gain over random "
+                     f"{100 * ars['gain_aug']:+.2f} pts with DSA, {100 * ars['gain_noaug']:+.2f} "
+                     f"without)")
+    return "\n".join(lines)
 
 
 def cmd_methods(a) -> int:
@@ -652,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     try:
-        if command in ("distill", "evaluate", "experts", "methods", "export", "import"):
+        if command in ("distill", "evaluate", "experts", "methods", "export", "import",
+                       "report"):
             _preload()
         if command == "distill":
             rest = argv[1:]
@@ -675,7 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         from jdd import experts
         from jdd.interop import commands
         return {"evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd,
-                "export": commands.cmd_export, "import": commands.cmd_import}[a.command](a)
+                "export": commands.cmd_export, "import": commands.cmd_import,
+                "report": commands.cmd_report}[a.command](a)
     except CLIError as e:
         print(f"jdd {command}: error: {e}", file=sys.stderr)
         return 2

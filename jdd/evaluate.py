@@ -134,7 +134,8 @@ def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
             ``config["augmentation"]`` (the key is absent when None).
     """
     check_config(cfg)
-    name = name or f"{model.name} [{cfg.optimizer}, {cfg.steps} steps]"
+    aug = f", {augment_name(augment)}" if augment is not None else ""
+    name = name or f"{model.name} [{cfg.optimizer}, {cfg.steps} steps{aug}]"
 
     def fit(key, x, y, set_lr):
         use = jnp.where(jnp.isfinite(set_lr), set_lr, lr)
@@ -150,7 +151,7 @@ def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
     if full_data is not None:
         full = network_learner(model, full_data, full_data_lr or lr,
                                name=f"{model.name} [{full_data.optimizer}, {full_data.steps} steps,"
-                                    f" batch {full_data.batch_size}]", augment=augment)
+                                    f" batch {full_data.batch_size}{aug}]", augment=augment)
     return Learner(name=name, fit=fit, accuracy=acc, config=config, full_data=full)
 
 

@@ -77,6 +77,12 @@ def test_storage_of_hard_and_soft_labelled_sets():
     soft = storage(x, np.full((1, 10, 10), 0.1, np.float32), np.array([0.01]), False)
     assert hard["total_bytes"] == 4 * (10 * 64 + 10)
     assert soft["total_bytes"] == 4 * (10 * 64 + 100 + 1)
+    # the full data it stands for, and a float64 set (the exact closed form) at 8 bytes a value
+    full = storage(x, np.full((1, 10, 10), 0.1, np.float32), np.array([0.01]), False, 1347)
+    assert full["full_data"]["total_bytes"] == 4 * (1347 * 64 + 1347)
+    assert full["fraction_of_full_data"] == pytest.approx(4 * 741 / (4 * 1347 * 65))
+    f64 = storage(x.astype(np.float64), np.full((1, 10, 10), 0.1), np.array([np.nan]), False)
+    assert (f64["inputs_bytes"], f64["labels_bytes"], f64["lr_bytes"]) == (8 * 640, 8 * 100, 0)
 
 
 @pytest.mark.parametrize("argv,msg", [

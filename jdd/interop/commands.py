@@ -67,3 +67,36 @@ def cmd_import(a) -> int:
               f"class) from {os.path.basename(src['path'].rstrip(os.sep))} into {out}; score it "
               f"with: jdd evaluate {out}")
     return 0
+
+
+def add_report_parser(sub) -> None:
+    """Add ``report`` to the ``jdd`` sub-command parsers."""
+    from jdd.config import add_arguments
+    from jdd.report import ReportConfig
+    r = sub.add_parser(
+        "report", help="compare runs: accuracy beside both baselines, robust scores, bytes",
+        description="Print (and write as Markdown, JSON and PNG) a comparison of run folders: "
+                    "accuracy mean +- std beside the random-subset and full-data baselines, "
+                    "DD-Ranking's robust scores (jdd evaluate --robust), stored bytes, distill "
+                    "time and device, and every jdd evaluate result. A number is never shown "
+                    "without its baselines.")
+    r.add_argument("runs", nargs="+", help="run folders")
+    add_arguments(r, ReportConfig)
+
+
+def cmd_report(a) -> int:
+    from jdd.cli import CLIError, check_output_folder
+    from jdd.config import ConfigError, from_namespace
+    from jdd.report import ReportConfig, report
+    try:
+        cfg = from_namespace(ReportConfig, a)
+        if cfg.out:
+            check_output_folder(cfg.out)
+        text, _ = report(a.runs, cfg)
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    if not cfg.quiet:
+        print(text, end="")
+        if cfg.out:
+            print(f"wrote {cfg.out}/report.md, report.json, report.png")
+    return 0

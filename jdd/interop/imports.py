@@ -21,8 +21,9 @@ preprocessing.
 
 The run folder: ``distilled.npz`` (the set mapped into the dataset's preprocessed space, the
 preprocessing fitted on the real training set exactly as ``jdd distill`` fits it), ``import.json``
-(the source file, its SHA-256, what was read and how it was converted), ``distilled.png`` and
-``manifest.json``. Its evaluation recipe is the one of the method named by ``--protocol``.
+(the source file, its SHA-256, what was read and how it was converted), ``metrics.json`` (its
+stored size), ``distilled.png`` and ``manifest.json``. Its evaluation recipe: a ``jdd export``'s
+own, else that of the method named by ``--protocol``.
 """
 
 from __future__ import annotations
@@ -358,6 +359,13 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
                 "learner": learner, "config": method_info, "imported": info}
         save_distilled(writer.path("distilled.npz"), z, y, lr, pre, meta)
         write_json(writer.path("import.json"), {"run_id": writer.run_id, **info})
+        from jdd.cli import versions
+        from jdd.storage import set_storage
+        write_json(writer.path("metrics.json"), {
+            "run_id": writer.run_id, "method": "imported", "dataset": cfg.dataset,
+            "ipc": got["ipc"], "seeds": 1, "imported": info,
+            "storage": set_storage(z, y, lr, got["source"]["labels"] == "hard", train.n),
+            "versions": versions()})
         if image:
             save_image_grid(writer.path("distilled.png"), x, got["hard"],
                             title=f"imported: {os.path.basename(path.rstrip(os.sep))}")
