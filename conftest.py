@@ -67,3 +67,15 @@ def _release_compiled_programs():
     _clear_jdd_caches()
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="module")
+def tiny_soft_run(tmp_path_factory):
+    """A tiny unrolled digits run folder, one per test module (tests add files to it): 1 seed,
+    IPC 1, learned soft labels and learning rate, not evaluated."""
+    from jdd.cli import main
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert main(["distill", "--method", "unrolled", "--ipc", "1", "--steps", "4",
+                 "--inner-steps", "3", "--hidden", "16", "--no-eval", "--out", str(out),
+                 "--quiet"]) == 0
+    return out

@@ -14,7 +14,8 @@ For every (method, IPC) of the plan:
    to 8 bits);
 3. (IPC 10) the seed-0 set written by :func:`independent_files` (numpy, zlib and zipfile only:
    no jdd, no torch, no safetensors, no Pillow) as .npz, .safetensors, .pt (torch's zip layout,
-   pickle opcodes written by hand) and a PNG folder, imported and evaluated the same way.
+   pickle opcodes written by hand) and a PNG folder, with hard labels, imported with the run's
+   recipe (``--recipe-from``) and evaluated the same way: every format against the npz.
 
 Usage::
 
@@ -52,7 +53,7 @@ PLAN = [
     ("mtt", 1, ["--steps", "500"]), ("mtt", 10, ["--steps", "500"]),
 ]
 QUICK = [("unrolled", 10, ["--steps", "3", "--inner-steps", "3", "--hidden", "16"]),
-         ("dm", 10, ["--steps", "3", "--eval-epochs", "3"])]
+         ("dm", 10, ["--steps", "3", "--eval-epochs", "3", "--full-data-epochs", "1"])]
 
 
 # ----------------------------------------------------------------------------- independent files
@@ -209,14 +210,11 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
                                   data["images"], data["labels"])
         for fmt, path in paths.items():
             imp = os.path.join(work, f"{method}{ipc}-independent-{fmt}")
-            # the independent files carry hard labels: the imported run takes the method's
-            # own recipe through --protocol where it is one of the importable recipes
-            proto = method if method in ("dc", "dm", "unrolled", "kip") else "dsa"
+            # the independent files carry hard labels and no recipe: scored as the run was
             _jdd(["import", path, "--dataset", "digits", "--out", imp, "--quiet",
-                  "--overwrite", "--protocol", proto])
+                  "--overwrite", "--recipe-from", run])
             _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
-            row["independent"][fmt] = {"accuracies": _eval_json(imp)["result"]["accuracies"],
-                                       "protocol": proto}
+            row["independent"][fmt] = {"accuracies": _eval_json(imp)["result"]["accuracies"]}
         base = row["independent"]["npz"]["accuracies"]
         for fmt in paths:
             row["independent"][fmt]["same_as_npz"] = row["independent"][fmt]["accuracies"] == base

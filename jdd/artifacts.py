@@ -254,11 +254,8 @@ def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str
     digest = hashlib.sha256(raw_bytes).hexdigest()
     _check_manifest_entry(path, digest)
     try:
-        with np.load(io.BytesIO(raw_bytes), allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("not an .npz archive")
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        arrays = npz_arrays(raw_bytes)
+    except ValueError as e:
         raise ValueError(f"{path} could not be read as .npz ({e}); the file is corrupt or not "
                          "a distilled set.") from e
     missing = [k for k in ("x", "y", "lr", "meta") if k not in arrays]
@@ -283,6 +280,21 @@ def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str
         raise ValueError(f"{path}: {e}") from None
     _check_preprocessor(pre, tuple(ds.x.shape[2:]), path)
     return ds._replace(preprocessor=pre), digest
+
+
+def npz_arrays(raw: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` held in memory, read without unpickling anything.
+
+    Raises:
+        ValueError: not an ``.npz`` archive (truncated, a bare ``.npy``, pickled objects...).
+    """
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(str(e)) from None
 
 
 def save_image_grid(path: str | os.PathLike, images, labels=None, *, title: str | None = None,

@@ -18,14 +18,9 @@ from jdd.interop.pngs import read_folder, write_folder
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "torch_dict.pt")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny unrolled digits run (1 seed, soft labels, a learned rate)."""
-    out = tmp_path_factory.mktemp("interop") / "run"
-    assert main(["distill", "--method", "unrolled", "--ipc", "1", "--steps", "4",
-                 "--inner-steps", "3", "--hidden", "16", "--no-eval", "--out", str(out),
-                 "--quiet"]) == 0
-    return out
+@pytest.fixture
+def run(tiny_soft_run):
+    return tiny_soft_run
 
 
 def _accuracies(run_dir, capsys):
@@ -280,3 +275,18 @@ def test_sets_saved_as_the_official_repositories_save_them(tmp_path, capsys):
         np.testing.assert_allclose(np.asarray(ds.preprocessor.invert(ds.x[0])), ref, atol=1e-5)
         np.testing.assert_array_equal(np.argmax(ds.y[0], -1), np.arange(10))
         assert ds.meta["learner"]["augmentation"].startswith(aug)
+
+
+def test_recipe_from_scores_a_foreign_set_as_a_run_was_scored(run, tmp_path, capsys):
+    x, y = _set()
+    path = _npz(tmp_path / "set.npz", images=x, labels=y)
+    out = tmp_path / "as-run"
+    assert main(["import", path, "--dataset", "digits", "--out", str(out), "--recipe-from",
+                 str(run), "--quiet"]) == 0
+    assert load_distilled(out).meta["learner"] == load_distilled(run).meta["learner"]
+    assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "o"),
+                 "--recipe-from", str(run), "--protocol", "dc"]) == 2
+    assert "--protocol and --recipe-from" in capsys.readouterr().err
+    assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "o"),
+                 "--recipe-from", str(tmp_path)]) == 2
+    assert "--recipe-from: no distilled set" in capsys.readouterr().err

@@ -34,13 +34,9 @@ def test_scores_are_the_written_out_arithmetic():
         label_robust_score(0.9, 0.9, 0.9, 0.5)["lrs"]
 
 
-@pytest.fixture(scope="module")
-def soft_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("robust") / "run"
-    assert main(["distill", "--method", "unrolled", "--ipc", "1", "--steps", "3",
-                 "--inner-steps", "3", "--hidden", "16", "--no-eval", "--out", str(out),
-                 "--quiet"]) == 0
-    return out
+@pytest.fixture
+def soft_run(tiny_soft_run):
+    return tiny_soft_run
 
 
 def test_evaluate_robust_equals_its_arms_computed_directly(soft_run):

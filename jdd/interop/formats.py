@@ -141,12 +141,10 @@ def _read_safetensors(path: str, raw: bytes):
 
 
 def _read_npz(path: str, raw: bytes):
+    from jdd.artifacts import npz_arrays
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        arrays = npz_arrays(raw)
+    except ValueError as e:
         raise FormatError(f"{path} could not be read as .npz ({e}); it may be truncated, hold "
                           f"pickled objects (refused) or be another format") from None
     meta = arrays.pop("__metadata__", None)

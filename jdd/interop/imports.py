@@ -23,7 +23,8 @@ The run folder: ``distilled.npz`` (the set mapped into the dataset's preprocesse
 preprocessing fitted on the real training set exactly as ``jdd distill`` fits it), ``import.json``
 (the source file, its SHA-256, what was read and how it was converted), ``metrics.json`` (its
 stored size), ``distilled.png`` and ``manifest.json``. Its evaluation recipe: a ``jdd export``'s
-own, else that of the method named by ``--protocol``.
+own, else that of the run given by ``--recipe-from``, else that of the method named by
+``--protocol``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class ImportConfig:
                                "export's own recipe; else dsa for images, the ConvNet protocol "
                                "with DSA augmentation, and unrolled for vector data)",
                                choices=PROTOCOLS)
+    recipe_from: str | None = opt(None, "take the evaluation recipe of this run folder (to "
+                                  "score the set exactly as that run was scored)")
     preprocess: str | None = opt(None, "preprocessing fitted on train (none: export.json's, "
                                  "else standardize)", choices=("none", "standardize", "zca"))
     zca_reg: float | None = opt(None, "ZCA regulariser (none: export.json's, else 0.1)", ge=0,
@@ -90,6 +93,8 @@ class ImportConfig:
         if (self.mean is None) != (self.std is None):
             raise ConfigError("--mean and --std: expected both (the normalisation to undo) or "
                               "neither")
+        if self.protocol is not None and self.recipe_from is not None:
+            raise ConfigError("--protocol and --recipe-from: expected one evaluation recipe")
         if self.class_major and self.labels_key is not None:
             raise ConfigError("--class-major and --labels-key: expected one (labels from the "
                               "file, or from the class order)")
@@ -314,6 +319,16 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no file or folder at {path}")
     check_replaceable(cfg.out, cfg.overwrite)
+    recipe = None
+    if cfg.recipe_from is not None:
+        from jdd.artifacts import load_distilled
+        try:
+            recipe = load_distilled(cfg.recipe_from).meta
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"--recipe-from: {e}") from None
+        if recipe["dataset"] != cfg.dataset:
+            raise ConfigError(f"--recipe-from {cfg.recipe_from}: a {recipe['dataset']} run; "
+                              f"this set is for {cfg.dataset}")
     got = read_set(path, cfg)
     exp_pre = ((got["export"] or {}).get("preprocessing") or {})
     kind = cfg.preprocess or exp_pre.get("kind") or "standardize"
@@ -329,7 +344,10 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
     train, _, pre = preprocess(train, test, kind, zca_reg=zca_reg)
     image = len(train.feature_shape) == 3
     export = got["export"] or {}
-    if cfg.protocol is None and export.get("evaluation_recipe") and export.get("dataset") == (
+    if recipe is not None:
+        protocol = f"as run {recipe.get('run_id')} ({recipe['method']})"
+        learner, method_info = recipe["learner"], recipe.get("config") or {}
+    elif cfg.protocol is None and export.get("evaluation_recipe") and export.get("dataset") == (
             cfg.dataset):
         # a jdd export: keep the recipe the run's own numbers were measured with
         protocol = f"as exported ({export.get('method')})"
