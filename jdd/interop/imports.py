@@ -218,17 +218,17 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
 
 
 def _export_json(path: str) -> dict | None:
-    """The ``export.json`` of a ``jdd export`` folder holding ``path`` (None when none)."""
-    here = os.path.dirname(os.path.abspath(path.rstrip(os.sep)))
-    for folder in (here, os.path.dirname(here)):
-        p = os.path.join(folder, "export.json")
-        if os.path.isfile(p):
-            try:
-                with open(p) as f:
-                    return json.load(f)
-            except (OSError, ValueError):
-                return None
-    return None
+    """The ``export.json`` of the ``jdd export`` folder holding ``path``, when it lists
+    ``path`` among its files (None otherwise)."""
+    full = os.path.abspath(path.rstrip(os.sep))
+    p = os.path.join(os.path.dirname(full), "export.json")
+    try:
+        with open(p) as f:
+            export = json.load(f)
+    except (OSError, ValueError):
+        return None
+    files = export.get("files") if isinstance(export, dict) else None
+    return export if isinstance(files, dict) and os.path.basename(full) in files else None
 
 
 def _png_seed(path: str) -> int | None:
