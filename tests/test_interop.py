@@ -290,3 +290,17 @@ def test_recipe_from_scores_a_foreign_set_as_a_run_was_scored(run, tmp_path, cap
     assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "o"),
                  "--recipe-from", str(tmp_path)]) == 2
     assert "--recipe-from: no distilled set" in capsys.readouterr().err
+
+
+def test_soft_labels_whose_argmax_moved_keep_the_budget_as_ipc(tmp_path):
+    """KIP's learned labels can change class: the IPC is examples / classes, as distilled."""
+    x, _ = _set(m_per_class=2)
+    soft = np.full((20, 10), 0.01, np.float32)
+    soft[np.arange(20), np.r_[np.zeros(5, int), np.arange(15) % 10]] = 0.9  # unbalanced argmax
+    path = _npz(tmp_path / "kip.npz", images=x, labels=soft.argmax(-1), soft_labels=soft)
+    assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 0
+    ds = load_distilled(tmp_path / "o")
+    assert ds.meta["ipc"] == 2 and np.array_equal(ds.y[0], soft)
+    hard = _npz(tmp_path / "hard.npz", images=x, labels=soft.argmax(-1))
+    assert main(["import", hard, "--dataset", "digits", "--out", str(tmp_path / "h")]) == 2
