@@ -163,8 +163,8 @@ def _set(m_per_class=1, k=10, shape=(1, 8, 8)):
                                     r"\(m, 1, 8, 8\) or \(m, 8, 8, 1\)"),
     (lambda x, y: (x * 255, y), r"pixel values span .*expected the data's \[0, 1\].*--scale 255"),
     (lambda x, y: ((x - 0.5) / 0.1, y), r"looks normalised: pass the --mean and --std"),
-    (lambda x, y: (x, np.where(y == 9, 8, y)), r"examples per class \[1, 1, 1, 1, 1, 1, 1, 1, "
-                                               r"2, 0\]"),
+    (lambda x, y: (x[:9], y[:9]), r"9 examples for 10 classes \(per class \[1, 1, 1, 1, 1, 1, "
+                                  r"1, 1, 1, 0\]\); expected a multiple of the class count"),
     (lambda x, y: (np.where(x > 0.5, np.nan, x), y), "NaN/inf"),
     (lambda x, y: (x, y[:5]), r"labels of shape \(5,\); expected \(10,\)"),
     (lambda x, y: (x, np.eye(12)[y]), "soft labels for 12 classes; the dataset has 10"),
@@ -292,7 +292,7 @@ def test_recipe_from_scores_a_foreign_set_as_a_run_was_scored(run, tmp_path, cap
     assert "--recipe-from: no distilled set" in capsys.readouterr().err
 
 
-def test_soft_labels_whose_argmax_moved_keep_the_budget_as_ipc(tmp_path):
+def test_labels_whose_argmax_moved_keep_the_budget_as_ipc(tmp_path):
     """KIP's learned labels can change class: the IPC is examples / classes, as distilled."""
     x, _ = _set(m_per_class=2)
     soft = np.full((20, 10), 0.01, np.float32)
@@ -302,5 +302,8 @@ def test_soft_labels_whose_argmax_moved_keep_the_budget_as_ipc(tmp_path):
                  "--quiet"]) == 0
     ds = load_distilled(tmp_path / "o")
     assert ds.meta["ipc"] == 2 and np.array_equal(ds.y[0], soft)
-    hard = _npz(tmp_path / "hard.npz", images=x, labels=soft.argmax(-1))
-    assert main(["import", hard, "--dataset", "digits", "--out", str(tmp_path / "h")]) == 2
+    hard = _npz(tmp_path / "hard.npz", images=x, labels=soft.argmax(-1))    # hard, unbalanced
+    assert main(["import", hard, "--dataset", "digits", "--out", str(tmp_path / "h"),
+                 "--quiet"]) == 0
+    info = json.loads((tmp_path / "h" / "import.json").read_text())
+    assert info["ipc"] == 2 and info["source"]["examples_per_class"] == [7] + [2] * 4 + [1] * 5

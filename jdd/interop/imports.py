@@ -12,8 +12,9 @@ images saved without labels in class order. Images may be (m, c, h, w) (PyTorch)
 
 What is checked, each with one error that says what was expected, before the dataset is loaded:
 the shapes against the dataset's (feature shape, class count), labels in range, finite values,
-the same number of examples per class (the IPC; for soft labels, whose argmax a distillation may
-move, a multiple of the class count), and the pixel range: after ``--scale`` (e.g.
+a number of examples that is a multiple of the class count (the IPC is examples / classes; the
+classes need not be balanced, since a distillation may move a label's argmax, as KIP's learned
+labels do: the counts are recorded), and the pixel range: after ``--scale`` (e.g.
 255 for 0..255 data; uint8 tensors are divided by 255 by default) and un-normalising with
 ``--mean`` / ``--std`` (for sets saved normalised, as the DC / DSA / MTT repositories save them),
 values must lie within ``[-1, 2]`` (the data's ``[0, 1]`` with room for a distilled set's
@@ -207,20 +208,18 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
                           f"data's [0, 1] scale (within {list(PIXEL_RANGE)} for a distilled "
                           f"set's overshoot);{hint}")
     counts = np.bincount(hard, minlength=y.shape[1])
-    if _one_hot(y):
-        if counts.min() != counts.max() or counts.min() == 0:
-            raise FormatError(f"{path}: examples per class {counts.tolist()}; expected the "
-                              f"same number for every class (the set's IPC)")
-        ipc = int(counts[0])
-    else:  # learned soft labels may move their argmax: the budget is examples / classes
-        if m % y.shape[1]:
-            raise FormatError(f"{path}: {m} soft-labelled examples for {y.shape[1]} classes; "
-                              f"expected a multiple of the class count (the set's IPC)")
-        ipc = m // y.shape[1]
+    # the budget is examples / classes (a distillation may move a label's argmax, e.g. KIP's
+    # learned labels, so the classes need not be balanced); the random subset gets as many
+    if m % y.shape[1]:
+        raise FormatError(f"{path}: {m} examples for {y.shape[1]} classes (per class "
+                          f"{counts.tolist()}); expected a multiple of the class count, the "
+                          f"set's IPC times the classes")
+    ipc = m // y.shape[1]
     source.update(examples=m, raw_dtype=raw_dtype, scale=scale,
                   unnormalised=None if cfg.mean is None else {"mean": list(cfg.mean),
                                                               "std": list(cfg.std)},
-                  labels="soft" if not _one_hot(y) else "hard", pixel_min=lo, pixel_max=hi)
+                  labels="soft" if not _one_hot(y) else "hard", pixel_min=lo, pixel_max=hi,
+                  examples_per_class=counts.tolist())
     return {"x": x, "y": y, "hard": hard, "lr": lr, "ipc": ipc, "source": source,
             "export": export}
 
