@@ -45,6 +45,11 @@ def cmd_export(a) -> int:
     if not cfg.quiet:
         files = ", ".join(sorted(info["files"]))
         print(f"wrote {out}: {files}, export.json, manifest.json")
+        if cfg.format == "png":
+            lo, hi = info["png_range"]
+            print(f"note: PNG rounds to 8 bits of [{lo:.3g}, {hi:.3g}] (a step of "
+                  f"{(hi - lo) / 255:.3g}); sets whose labels were fitted to exact pixels (KIP) "
+                  f"can lose much accuracy: share safetensors for exact numbers")
     return 0
 
 
