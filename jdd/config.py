@@ -70,7 +70,8 @@ def _describe(tp, meta) -> str:
     base, optional = _base_type(tp)
     if meta.get("choices"):
         shown = ", ".join(str(c) for c in meta["choices"] if c is not None)
-        return "one of: " + shown + (" (or none)" if optional else "")
+        unset = " (or leave it unset)" if "none" in meta["choices"] else " (or none)"
+        return "one of: " + shown + (unset if optional else "")
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         base, (f"a tuple of {'numbers' if _elem(base) is float else 'integers'}"
                if _is_int_tuple(base) else str(base)))
@@ -107,7 +108,9 @@ def convert(name: str, tp, meta: dict, value: Any) -> Any:
     check its range; raise :class:`ConfigError` naming ``name``."""
     base, optional = _base_type(tp)
     shown = flag(name)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
+    none_is_a_choice = "none" in (meta.get("choices") or ())   # e.g. --norm none: no norm
+    if value is None or (optional and isinstance(value, str) and (
+            value == "" or (value.lower() == "none" and not none_is_a_choice))):
         if optional:
             return None
         raise ConfigError(f"{shown}: expected {_describe(tp, meta)}; got nothing")

@@ -341,3 +341,17 @@ def test_evaluate_refuses_a_run_folder_it_cannot_write_before_any_work(tmp_path,
     assert main(["evaluate", str(run), "--data-dir", "/nonexistent", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"{run} is not writable" in err and "nonexistent" not in err, err
+
+
+def test_none_is_a_value_where_it_is_one_of_the_choices():
+    """`--norm none` asks for no normalisation (not "the run's"), `--preprocess none` for none:
+    an optional option whose choices include "none" takes it literally; unset stays unset."""
+    from jdd.cli import EvaluateConfig, _eval_network
+    from jdd.config import from_dict
+    from jdd.interop.imports import ImportConfig
+    meta = {"config": {"eval_model": "convnet", "eval_norm": "instance"}}
+    assert _eval_network(from_dict(EvaluateConfig, {"norm": "none"}), meta)[1]["norm"] == "none"
+    assert _eval_network(from_dict(EvaluateConfig, {}), meta)[1]["norm"] == "instance"
+    assert from_dict(EvaluateConfig, {"model": "none"}).model is None   # not a choice: unset
+    cfg = from_dict(ImportConfig, {"preprocess": "none", "dataset": "digits", "out": "x"})
+    assert cfg.preprocess == "none"
