@@ -266,12 +266,6 @@ def check_output_folder(out: str) -> None:
         raise CLIError(f"--out {out}: {parent} is not writable")
 
 
-def storage(x, y, lr, hard_labels: bool, full_n: int | None = None) -> dict:
-    """:func:`jdd.storage.set_storage` (kept here for callers of ``jdd.cli.storage``)."""
-    from jdd.storage import set_storage
-    return set_storage(x, y, lr, hard_labels, full_n)
-
-
 @contextlib.contextmanager
 def _precision_of(x):
     """Evaluate a float64 set (the exact closed form) in float64, data included; float32 sets
@@ -307,6 +301,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     from jdd.config import ConfigError, to_dict
     from jdd.data import DataError, check_ipc
     from jdd.distill import distill
+    from jdd.storage import is_one_hot, set_storage
 
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
@@ -341,7 +336,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
                        "Nothing was written.")
     _say(rc.quiet, f"distilled {rc.seeds} seed(s) in {run.seconds:.1f} s")
 
-    hard = bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))  # one-hot: class ids
+    hard = is_one_hot(y)  # stored as class ids
     meta = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
             "data_dir": rc.data_dir, "ipc": rc.ipc,
             "seeds": rc.seeds, "seed": rc.seed, "steps": steps, "preprocess": rc.preprocess,
@@ -350,7 +345,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     metrics = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
                "ipc": rc.ipc, "seeds": rc.seeds,
                "steps": steps, "distill_seconds": run.seconds, "run_config": to_dict(rc),
-               "config": run.info, "storage": storage(x, y, lr, hard, train.n), **run.extra}
+               "config": run.info, "storage": set_storage(x, y, lr, hard, train.n), **run.extra}
     if run.history:
         metrics["history"] = {"steps": np.asarray(run.steps_logged).tolist(),
                               **{k: np.asarray(v).tolist() for k, v in run.history.items()}}
@@ -593,6 +588,7 @@ def cmd_evaluate(a) -> int:
     from jdd.config import ConfigError, from_namespace
     from jdd.data import DataError, load_dataset
     from jdd.rundir import RunFolderError, add_file
+    from jdd.storage import is_one_hot, set_storage
 
     try:
         c = from_namespace(EvaluateConfig, a)
@@ -628,8 +624,7 @@ def cmd_evaluate(a) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     set_lr = ds.lr if use_lr else np.full_like(ds.lr, np.nan)
-    hard = bool(np.all((ds.y == 0) | (ds.y == 1)) and np.all(ds.y.sum(-1) == 1))
-    size = storage(ds.x, ds.y, ds.lr, hard, train.n)    # the set as stored, learned rate too
+    size = set_storage(ds.x, ds.y, ds.lr, is_one_hot(ds.y), train.n)  # as stored, rate too
     ds = ds._replace(lr=set_lr)
     _say(c.quiet, f"evaluating {ds.x.shape[0]} seed(s) x {c.n_models} models with "
                   f"{learner.name}" + (" and both baselines" if c.baselines else "") +
@@ -696,6 +691,7 @@ def _robust_scores(c, meta, ds, train, test, learner, key, result, rand, full) -
     import numpy as np
     from jdd.evaluate import evaluate_random_subset, evaluate_set
     from jdd.robust import augmentation_robust_score, label_robust_score
+    from jdd.storage import is_one_hot
 
     def say(msg):
         _say(c.quiet, f"robust: {msg}")
@@ -708,7 +704,7 @@ def _robust_scores(c, meta, ds, train, test, learner, key, result, rand, full) -
     mean = lambda r: r["test_accuracy_mean"]  # noqa: E731
     y = np.asarray(ds.y)
     hard_y = np.eye(y.shape[2], dtype=y.dtype)[np.argmax(y, -1)]
-    soft = not np.array_equal(hard_y, y)
+    soft = not is_one_hot(y)
     if soft:
         say("the set with hard labels (argmax)")
     syn_hard = syn(learner, hard_y) if soft else result

@@ -74,7 +74,7 @@ def _describe(tp, meta) -> str:
         return "one of: " + shown + (unset if optional else "")
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         base, (f"a tuple of {'numbers' if _elem(base) is float else 'integers'}"
-               if _is_int_tuple(base) else str(base)))
+               if _is_tuple(base) else str(base)))
     parts.append(name)
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
@@ -92,7 +92,7 @@ def _base_type(tp):
     return tp, False
 
 
-def _is_int_tuple(tp) -> bool:
+def _is_tuple(tp) -> bool:
     """A ``tuple[int, ...]`` (or ``tuple[float, ...]``) field: several values on the CLI."""
     return typing.get_origin(tp) is tuple
 
@@ -141,7 +141,7 @@ def convert(name: str, tp, meta: dict, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             v = value
-        elif _is_int_tuple(base):
+        elif _is_tuple(base):
             items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
             v = tuple(_elem(base)(i) for i in items)
             if not v:
@@ -221,7 +221,7 @@ def add_arguments(group, cls, *, defaults: dict | None = None, skip: Sequence[st
         else:
             group.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS,
                                metavar=f.name.upper(), help=help_text,
-                               nargs="+" if _is_int_tuple(base) else None)
+                               nargs="+" if _is_tuple(base) else None)
 
 
 def from_namespace(cls, ns, *, defaults: dict | None = None) -> Any:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 
 from jdd.config import opt
+from jdd.rundir import _read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +30,6 @@ class ReportConfig:
                           "print only)")
     title: str = opt("jdd report", "title of the report")
     quiet: bool = opt(False, "do not print the report")
-
-
-def _read(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _pct(r: dict | None) -> str:
@@ -51,8 +43,8 @@ def collect(run: str) -> dict:
     from jdd.storage import human
     if not os.path.isdir(run):
         raise FileNotFoundError(f"{run}: no such run folder")
-    metrics = _read(os.path.join(run, "metrics.json"))
-    manifest = _read(os.path.join(run, "manifest.json")) or {}
+    metrics = _read_json(os.path.join(run, "metrics.json"))
+    manifest = _read_json(os.path.join(run, "manifest.json")) or {}
     if metrics is None:
         if not os.path.exists(os.path.join(run, "distilled.npz")):
             raise ValueError(f"{run}: not a run folder (no metrics.json or distilled.npz)")
@@ -77,7 +69,7 @@ def collect(run: str) -> dict:
                                    "full_data": base.get("full_data"),
                                    "robust": None})
     for path in sorted(glob.glob(os.path.join(run, "eval-*.json"))):
-        e = _read(path)
+        e = _read_json(path)
         if not e or "result" not in e:
             continue
         b = e.get("baselines") or {}

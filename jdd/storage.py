@@ -14,6 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def is_one_hot(y) -> bool:
+    """Whether labels (..., k) are one-hot rows (hard labels, stored as class ids)."""
+    y = np.asarray(y)
+    return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
+
+
 def set_storage(x, y, lr, hard_labels: bool, full_n: int | None = None) -> dict:
     """Floats and bytes of ONE seed's set (and of the full data when ``full_n`` is given).
 

@@ -71,7 +71,7 @@ def test_method_round_trips_through_the_cli(tmp_path, buffer, name):
 
 
 def test_storage_of_hard_and_soft_labelled_sets():
-    from jdd.cli import storage
+    from jdd.storage import set_storage as storage
     x = np.zeros((1, 10, 8, 8, 1), np.float32)
     hard = storage(x, np.eye(10, dtype=np.float32)[None], np.array([np.nan]), True)
     soft = storage(x, np.full((1, 10, 10), 0.1, np.float32), np.array([0.01]), False)

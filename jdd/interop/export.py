@@ -109,7 +109,7 @@ def export_run(run: str, cfg: ExportConfig = ExportConfig()) -> tuple[str, dict]
             does not have; jdd.rundir.RunFolderError: the folder holds an export and no
             ``overwrite``, or another writer holds it.
     """
-    from jdd.artifacts import load_distilled_with_hash, write_json
+    from jdd.artifacts import atomic_write, load_distilled_with_hash, write_json
     from jdd.config import validate
     from jdd.interop import pngs
     from jdd.rundir import RunWriter
@@ -151,7 +151,6 @@ def export_run(run: str, cfg: ExportConfig = ExportConfig()) -> tuple[str, dict]
                 tensors["lr"] = np.asarray(ds.lr[s], np.float32)
             name = f"seed{s}{SUFFIX[cfg.format]}"
             data = tensor_bytes(tensors, cfg.format, json.dumps({**info, "seed": s}))
-            from jdd.artifacts import atomic_write
             with atomic_write(writer.path(name)) as f:
                 f.write(data)
             files[name] = {k: list(v.shape) for k, v in tensors.items()}

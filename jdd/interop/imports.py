@@ -41,6 +41,7 @@ import numpy as np
 from jdd.config import ConfigError, opt
 from jdd.data import DATASETS
 from jdd.interop.formats import FormatError, format_of, read_tensors
+from jdd.storage import is_one_hot
 
 IMAGE_KEYS = ("images", "image_syn", "x", "data", "inputs", "x_syn", "imgs")
 LABEL_KEYS = ("labels", "label_syn", "y", "targets", "y_syn")
@@ -218,7 +219,7 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
     source.update(examples=m, raw_dtype=raw_dtype, scale=scale,
                   unnormalised=None if cfg.mean is None else {"mean": list(cfg.mean),
                                                               "std": list(cfg.std)},
-                  labels="soft" if not _one_hot(y) else "hard", pixel_min=lo, pixel_max=hi,
+                  labels="hard" if is_one_hot(y) else "soft", pixel_min=lo, pixel_max=hi,
                   examples_per_class=counts.tolist())
     return {"x": x, "y": y, "hard": hard, "lr": lr, "ipc": ipc, "source": source,
             "export": export}
@@ -274,10 +275,6 @@ def _to_hwc(x: np.ndarray, shape: tuple | None, path: str) -> np.ndarray:
     want = (f"(m, {shape[2]}, {shape[0]}, {shape[1]}) or (m, {', '.join(map(str, shape))})"
             if len(shape) == 3 else f"(m, {', '.join(map(str, shape))})")
     raise FormatError(f"{path}: images of shape {tuple(x.shape)}; the dataset's are {want}")
-
-
-def _one_hot(y: np.ndarray) -> bool:
-    return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
 
 
 def _labels(labels: np.ndarray, m: int, k: int | None, path: str):
