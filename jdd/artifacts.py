@@ -77,6 +77,8 @@ class DistilledSet(NamedTuple):
         lr: (seeds,) float32 (NaN: no learned rate).
         preprocessor: the :class:`jdd.data.Preprocessor` fitted on the training data.
         meta: dict of run metadata.
+        stored: name -> (seeds, ...) arrays that store the inputs when they are not ``x``
+            (low-rank factors: ``a`` (seeds, m, c, h, r), ``b`` (seeds, m, c, r, w)), else None.
     """
 
     x: np.ndarray
@@ -84,13 +86,15 @@ class DistilledSet(NamedTuple):
     lr: np.ndarray
     preprocessor: Any
     meta: dict
+    stored: dict | None = None
 
 
 #: Keys ``meta`` must have (the CLI's ``evaluate`` needs them to rebuild the experiment).
 META_KEYS = ("dataset", "method", "ipc")
 
 
-def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) -> None:
+def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict,
+                   stored: dict | None = None) -> None:
     """Atomically write a distilled set (see the module docstring for the layout).
 
     Everything is checked with :func:`validate_distilled` before anything is written, so a file
@@ -103,6 +107,8 @@ def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) 
         lr: (seeds,) learned inner learning rates (NaN where none; else finite and >= 0).
         preprocessor: a :class:`jdd.data.Preprocessor`.
         meta: JSON-serialisable dict with at least ``dataset``, ``method`` and ``ipc``.
+        stored: name -> (seeds, ...) arrays that store the inputs (low-rank factors), saved as
+            ``stored_<name>`` beside the decoded ``x``; None for sets stored as inputs.
 
     Raises:
         ValueError: wrong shapes, NaN/inf in ``x`` or ``y``, inf or negative ``lr``, ``meta``
@@ -127,6 +133,12 @@ def save_distilled(path: str | os.PathLike, x, y, lr, preprocessor, meta: dict) 
         raise ValueError(f"refusing to write {e}") from None
     arrays = {"x": x, "y": y, "lr": lr, **preprocessor.to_arrays(),
               "meta": np.asarray(meta_json)}
+    for name, a in (stored or {}).items():
+        a = np.asarray(a)
+        if a.shape[:1] != x.shape[:1] or not np.all(np.isfinite(a)):
+            raise ValueError(f"refusing to write {os.fspath(path)}: stored array {name!r} has "
+                             f"shape {a.shape} (expected {x.shape[0]} seeds first) or NaN/inf")
+        arrays[f"stored_{name}"] = a
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     with atomic_write(path, "wb") as f:
@@ -272,7 +284,9 @@ def load_distilled_with_hash(path: str | os.PathLike) -> tuple[DistilledSet, str
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: meta is not valid JSON ({e}); expected a JSON object with "
                          f"keys {', '.join(META_KEYS)}.") from None
-    ds = DistilledSet(x=arrays["x"], y=arrays["y"], lr=arrays["lr"], preprocessor=None, meta=meta)
+    stored = {k[len("stored_"):]: v for k, v in arrays.items() if k.startswith("stored_")}
+    ds = DistilledSet(x=arrays["x"], y=arrays["y"], lr=arrays["lr"], preprocessor=None, meta=meta,
+                      stored=stored or None)
     validate_distilled(ds, path)
     try:
         pre = Preprocessor.from_arrays(arrays)

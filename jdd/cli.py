@@ -304,6 +304,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     from jdd.storage import is_one_hot, set_storage
 
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
+    _check_param_early(rc, cfg, steps)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
     try:
         check_ipc(np.asarray(train.y), train.num_classes, rc.ipc, train.name)
@@ -324,8 +325,13 @@ def _distill_into(writer, method, rc, cfg) -> int:
             plan = method.build(cfg, spec)
             r = distill(plan.distiller, keys, train, steps, log_every=rc.log_every,
                         progress=not rc.quiet, desc=f"{method.name} ipc={rc.ipc} seeds={rc.seeds}")
+            stored = None
+            if plan.distiller.stored is not None:
+                stored = {k: np.asarray(v)
+                          for k, v in jax.vmap(plan.distiller.stored)(r.state).items()}
             run = methods.MethodRun(r.synthetic.x, r.synthetic.y, r.synthetic.lr, r.seconds,
-                                    plan.learner, r.history, r.steps_logged, plan.info, {})
+                                    plan.learner, r.history, r.steps_logged, plan.info, {},
+                                    stored)
     except (ConfigError, DataError) as e:
         raise CLIError(str(e)) from None
     except FloatingPointError as e:
@@ -345,7 +351,8 @@ def _distill_into(writer, method, rc, cfg) -> int:
     metrics = {"run_id": writer.run_id, "method": method.name, "dataset": rc.dataset,
                "ipc": rc.ipc, "seeds": rc.seeds,
                "steps": steps, "distill_seconds": run.seconds, "run_config": to_dict(rc),
-               "config": run.info, "storage": set_storage(x, y, lr, hard, train.n), **run.extra}
+               "images_per_class": x.shape[1] // train.num_classes, "config": run.info,
+               "storage": set_storage(x, y, lr, hard, train.n, run.stored), **run.extra}
     if run.history:
         metrics["history"] = {"steps": np.asarray(run.steps_logged).tolist(),
                               **{k: np.asarray(v).tolist() for k, v in run.history.items()}}
@@ -368,7 +375,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
                                  ("full data", full)]))
     metrics["versions"] = versions()
     try:
-        save_distilled(writer.path("distilled.npz"), x, y, lr, pre, meta)
+        save_distilled(writer.path("distilled.npz"), x, y, lr, pre, meta, run.stored)
         write_json(writer.path("metrics.json"), metrics)
         _save_pictures(os.path.dirname(writer.path("metrics.json")), x, y, pre, run,
                        train.feature_shape, method.name)
@@ -377,6 +384,24 @@ def _distill_into(writer, method, rc, cfg) -> int:
         raise CLIError(f"could not write the results to {rc.out}: {e}") from None
     _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png, manifest.json")
     return 0
+
+
+def _check_param_early(rc, cfg, steps: int) -> None:
+    """Refuse a parameterization that cannot hold the dataset's images (``--param low-rank``
+    with a rank too large for the images or the ``--ipc`` budget) before any data is loaded,
+    for the datasets whose shape is known without reading them."""
+    from jdd import methods
+    from jdd.config import ConfigError
+    from jdd.data import SHAPES
+    if not isinstance(cfg, methods.ParamOptions) or rc.dataset not in SHAPES:
+        return
+    shape, k = SHAPES[rc.dataset]
+    spec = methods.RunSpec(ipc=rc.ipc, steps=steps, seeds=rc.seeds, dataset=rc.dataset,
+                           num_classes=k, feature_shape=shape, n_train=0, seed=rc.seed)
+    try:
+        methods.make_param(cfg, spec)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
 
 
 def _save_pictures(out, x, y, pre, run, feature_shape, method):
@@ -624,7 +649,8 @@ def cmd_evaluate(a) -> int:
     except ValueError as e:
         raise CLIError(str(e)) from None
     set_lr = ds.lr if use_lr else np.full_like(ds.lr, np.nan)
-    size = set_storage(ds.x, ds.y, ds.lr, is_one_hot(ds.y), train.n)  # as stored, rate too
+    size = set_storage(ds.x, ds.y, ds.lr, is_one_hot(ds.y), train.n,  # as stored, rate too
+                       ds.stored)
     ds = ds._replace(lr=set_lr)
     _say(c.quiet, f"evaluating {ds.x.shape[0]} seed(s) x {c.n_models} models with "
                   f"{learner.name}" + (" and both baselines" if c.baselines else "") +

@@ -137,6 +137,55 @@ class NetworkOptions:
     hidden: tuple[int, ...] = opt((128,), "MLP hidden widths", ge=1, le=65536)
 
 
+PARAMS = ("pixels", "low-rank")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamOptions:
+    """How the synthetic set is stored (the parameterization of the composable core)."""
+
+    param: str = opt("pixels", "how the synthetic set is stored: pixels, or low-rank (every "
+                     "image channel as rank-r factors A (h x r) B (r x w): more images in the "
+                     "same --ipc storage budget)", choices=PARAMS)
+    rank: int = opt(2, "rank r of every image channel with --param low-rank", ge=1, le=4096)
+
+
+def make_param(cfg: ParamOptions, spec: "RunSpec", **kwargs):
+    """The :class:`jdd.distill.Parameterization` a config's ``param`` / ``rank`` name, with the
+    method's own init and label options in ``kwargs`` (those of :func:`jdd.distill.pixels`).
+
+    Raises:
+        ConfigError: low-rank on data that are not images, or a rank that does not fit the
+            ``--ipc`` budget or the image (names the largest rank that does), before anything
+            is compiled.
+    """
+    from jdd.distill import pixels
+    if cfg.param == "pixels":
+        return pixels(**kwargs)
+    from jdd.distill.low_rank import images_per_class, low_rank
+    if len(spec.feature_shape) != 3:
+        raise ConfigError(f"--param low-rank needs image data (h, w, c); {spec.dataset} has "
+                          f"features of shape {spec.feature_shape}")
+    h, w, _ = spec.feature_shape
+    if cfg.rank > min(h, w):
+        raise ConfigError(f"--rank {cfg.rank}: expected at most min(h, w) = {min(h, w)} for "
+                          f"{h}x{w} images")
+    try:
+        images_per_class(spec.ipc, h, w, cfg.rank)
+    except ValueError as e:
+        raise ConfigError(f"--rank: {e}") from None
+    return low_rank(rank=cfg.rank, **kwargs)
+
+
+def param_info(cfg: ParamOptions, spec: "RunSpec") -> dict:
+    """What a run records of its parameterization: the images it holds per class."""
+    if cfg.param == "pixels":
+        return {"images_per_class": spec.ipc}
+    from jdd.distill.low_rank import images_per_class
+    h, w, _ = spec.feature_shape
+    return {"images_per_class": images_per_class(spec.ipc, h, w, cfg.rank)}
+
+
 def network_kwargs(cfg, prefix: str = "") -> tuple[str, dict]:
     """``(model name, make_model keyword arguments)`` of a config's network fields ``model``,
     ``width``, ``depth``, ``norm``, ``hidden`` (``prefix`` selects e.g. the ``eval_`` fields);
@@ -273,6 +322,8 @@ class MethodRun(NamedTuple):
         steps_logged: (t,) steps at which history was logged.
         info: settings actually used, for metrics.json.
         extra: method-specific results for metrics.json.
+        stored: name -> (seeds, ...) arrays that store the inputs when they are not ``x``
+            (low-rank factors), or None.
     """
 
     x: Any
@@ -284,6 +335,7 @@ class MethodRun(NamedTuple):
     steps_logged: Any
     info: dict
     extra: dict
+    stored: dict | None = None
 
 
 _DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar100_coarse", "npz")

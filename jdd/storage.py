@@ -20,28 +20,39 @@ def is_one_hot(y) -> bool:
     return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
 
 
-def set_storage(x, y, lr, hard_labels: bool, full_n: int | None = None) -> dict:
+def set_storage(x, y, lr, hard_labels: bool, full_n: int | None = None,
+                stored: dict | None = None) -> dict:
     """Floats and bytes of ONE seed's set (and of the full data when ``full_n`` is given).
 
     Args:
-        x: (seeds, m, *feature_shape) inputs (or stored factors).
+        x: (seeds, m, *feature_shape) inputs as a learner consumes them.
         y: (seeds, m, k) labels.
         lr: (seeds,) learned rates (NaN: none).
         hard_labels: the labels are one-hot (stored as class ids).
         full_n: examples of the full training set.
+        stored: name -> (seeds, ...) arrays that store the inputs when they are not ``x``
+            itself (low-rank factors); None: ``x`` is stored.
 
     Returns:
-        ``inputs_floats, labels_values, labels_kind, lr_floats, bytes_per_value, inputs_bytes,
-        labels_bytes, lr_bytes, total_bytes`` and, with ``full_n``, ``full_data`` (``examples,
-        inputs_floats, labels_values, total_bytes``) and ``fraction_of_full_data``.
+        ``examples, inputs_stored_as, inputs_floats, labels_values, labels_kind, lr_floats,
+        bytes_per_value, inputs_bytes, labels_bytes, lr_bytes, total_bytes`` and, with
+        ``full_n``, ``full_data`` (``examples, inputs_floats, labels_values, total_bytes``) and
+        ``fraction_of_full_data``.
     """
     x, y, lr = np.asarray(x), np.asarray(y), np.asarray(lr)
     item = 8 if x.dtype == np.float64 else 4
     m = int(y.shape[1])
-    x_f = int(np.prod(x.shape[1:]))
+    if stored:
+        x_f = sum(int(np.prod(np.shape(a)[1:])) for a in stored.values())
+        item = max(np.asarray(a).dtype.itemsize for a in stored.values())
+    else:
+        x_f = int(np.prod(x.shape[1:]))
     y_f = m if hard_labels else int(np.prod(y.shape[1:]))
     lr_f = int(np.isfinite(lr.reshape(-1)[0])) if lr.size else 0
-    out = {"inputs_floats": x_f, "labels_values": y_f,
+    out = {"examples": m,
+           "inputs_stored_as": "+".join(f"{k}{list(np.shape(a)[1:])}" for k, a in
+                                        stored.items()) if stored else "inputs",
+           "inputs_floats": x_f, "labels_values": y_f,
            "labels_kind": "class ids (int32)" if hard_labels else "soft/regression targets",
            "lr_floats": lr_f, "bytes_per_value": item, "inputs_bytes": item * x_f,
            "labels_bytes": 4 * y_f if hard_labels else item * y_f, "lr_bytes": 4 * lr_f}

@@ -54,22 +54,92 @@ class Parameterization(NamedTuple):
     Attributes:
         init: ``(key, data, ipc) -> (params, fixed)``: the learnable pytree (floating leaves)
             and a non-learnable pytree (class ids, fixed targets), from real data (a
-            :class:`jdd.data.Dataset`); ``ipc`` is static.
+            :class:`jdd.data.Dataset`); ``ipc`` (static) is the storage budget in images per
+            class: a parameterization that stores images more compactly holds more of them.
         decode: ``(params, fixed) -> Synthetic``: inputs (m, *feature_shape) and targets (m, k);
             runs inside the jitted step, so it must be differentiable in ``params``.
         classes: ``fixed -> (m,) int32``: the class each synthetic example stands for
-            (class-major order, ``ipc`` examples per class, for per-class objectives).
+            (class-major order, the same number of examples per class, for per-class
+            objectives).
         name: short description for metadata (e.g. ``"pixels[hard labels]"``).
+        stored: ``params -> {name: array}``: the arrays that store the inputs when they are not
+            the decoded inputs themselves (e.g. low-rank factors), for byte counts and saving;
+            None: the inputs are stored as decoded.
     """
 
     init: Callable[[PRNGKey, Any, int], tuple[Any, Any]]
     decode: Callable[[Any, Any], Synthetic]
     classes: Callable[[Any], jax.Array]
     name: str
+    stored: Callable[[Any], dict] | None = None
 
 
 LABEL_MODES = ("hard", "softmax", "raw")
 INITS = ("real", "noise")
+
+
+class Labels(NamedTuple):
+    """How a parameterization stores its targets (shared by :func:`pixels` and
+    :func:`jdd.distill.low_rank.low_rank`).
+
+    Attributes:
+        init: ``(c (m,) int32, k, dtype) -> (params, target)``: the learnable label params
+            (``{}`` for hard labels) and the fixed (m, k) target.
+        decode: ``(params, target) -> (m, k)`` targets.
+        mode: the label mode (one of :data:`LABEL_MODES`).
+    """
+
+    init: Callable
+    decode: Callable
+    mode: str
+
+
+def labels_of(mode: str = "hard", *, label_init: float = 1.0, label_scale: float = 1.0,
+              center_labels: bool = False) -> Labels:
+    """The label part of a parameterization.
+
+    Args:
+        mode: ``"hard"``: fixed one-hot targets (DC, DSA, DM, MTT); ``"softmax"``: learnable label
+            logits, targets ``softmax(logits)`` starting from ``label_init`` on the true class
+            (unrolled training); ``"raw"``: learnable regression targets starting from
+            ``label_scale * one_hot`` (minus ``label_scale / k`` when ``center_labels``; KIP).
+        label_init: initial logit of the true class with ``"softmax"``.
+        label_scale: one-hot scale of the targets with ``"hard"`` or ``"raw"``.
+        center_labels: subtract ``label_scale / k`` from every target entry.
+
+    Raises:
+        ValueError: unknown mode, a non-finite or non-positive scale.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {mode!r}; valid: {', '.join(LABEL_MODES)}.")
+    for name, v in (("label_init", label_init), ("label_scale", label_scale)):
+        if not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a finite number > 0; got {v}.")
+
+    def init(c, k, dt):
+        target = jax.nn.one_hot(c, k, dtype=dt) * label_scale
+        if center_labels:
+            target = target - label_scale / k
+        if mode == "softmax":
+            return {"label_logits": label_init * jax.nn.one_hot(c, k, dtype=dt)}, target
+        if mode == "raw":
+            return {"y": target}, target
+        return {}, target
+
+    def decode(params, target):
+        if mode == "softmax":
+            return jax.nn.softmax(params["label_logits"])
+        if mode == "raw":
+            return params["y"]
+        return target
+
+    return Labels(init=init, decode=decode, mode=mode)
+
+
+def compute_dtype(data, dtype=None):
+    """The dtype of a learnable synthetic set: ``dtype``, else the real data's (at least
+    float32)."""
+    return jnp.dtype(dtype) if dtype is not None else jnp.result_type(data.x.dtype, jnp.float32)
 
 
 def pixels(*, init: str = "real", labels: str = "hard", label_init: float = 1.0,
@@ -80,10 +150,7 @@ def pixels(*, init: str = "real", labels: str = "hard", label_init: float = 1.0,
     Args:
         init: ``"real"`` (distinct random real examples of each class) or ``"noise"`` (Gaussian with
             the real data's mean and std).
-        labels: ``"hard"``: fixed one-hot targets (DC, DSA, DM, MTT); ``"softmax"``: learnable label
-            logits, targets ``softmax(logits)`` starting from ``label_init`` on the true class
-            (unrolled training); ``"raw"``: learnable regression targets starting from
-            ``label_scale * one_hot`` (minus ``label_scale / k`` when ``center_labels``; KIP).
+        labels: ``"hard"``, ``"softmax"`` or ``"raw"`` (see :func:`labels_of`).
         label_init: initial logit of the true class with ``labels="softmax"``.
         label_scale: one-hot scale of the targets with ``labels="hard"`` or ``"raw"``.
         center_labels: subtract ``label_scale / k`` from every target entry.
@@ -96,19 +163,12 @@ def pixels(*, init: str = "real", labels: str = "hard", label_init: float = 1.0,
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}.")
-    if labels not in LABEL_MODES:
-        raise ValueError(f"unknown label mode {labels!r}; valid: {', '.join(LABEL_MODES)}.")
-    for name, v in (("label_init", label_init), ("label_scale", label_scale)):
-        if not np.isfinite(v) or v <= 0:
-            raise ValueError(f"{name} must be a finite number > 0; got {v}.")
-
-    def compute_dtype(data):
-        return jnp.dtype(dtype) if dtype is not None else jnp.result_type(data.x.dtype,
-                                                                            jnp.float32)
+    lab = labels_of(labels, label_init=label_init, label_scale=label_scale,
+                    center_labels=center_labels)
 
     def init_fn(key, data, ipc):
         k = data.num_classes
-        dt = compute_dtype(data)
+        dt = compute_dtype(data, dtype)
         x, c = init_per_class(key, data, ipc)
         x = x.astype(dt)
         c = c.astype(jnp.int32)
@@ -116,24 +176,11 @@ def pixels(*, init: str = "real", labels: str = "hard", label_init: float = 1.0,
             mean, std = jnp.mean(data.x).astype(dt), jnp.std(data.x).astype(dt)
             x = mean + std * jax.random.normal(jax.random.fold_in(key, 1), x.shape, dt)
             c = jnp.repeat(jnp.arange(k, dtype=jnp.int32), ipc)
-        target = jax.nn.one_hot(c, k, dtype=dt) * label_scale
-        if center_labels:
-            target = target - label_scale / k
-        params = {"x": x}
-        if labels == "softmax":
-            params["label_logits"] = label_init * jax.nn.one_hot(c, k, dtype=dt)
-        elif labels == "raw":
-            params["y"] = target
-        return params, {"c": c, "y": target}
+        label_params, target = lab.init(c, k, dt)
+        return {"x": x, **label_params}, {"c": c, "y": target}
 
     def decode(params, fixed):
-        if labels == "softmax":
-            y = jax.nn.softmax(params["label_logits"])
-        elif labels == "raw":
-            y = params["y"]
-        else:
-            y = fixed["y"]
-        return Synthetic(x=params["x"], y=y)
+        return Synthetic(x=params["x"], y=lab.decode(params, fixed["y"]))
 
     return Parameterization(init=init_fn, decode=decode, classes=lambda fixed: fixed["c"],
                             name=f"pixels[{labels} labels]")
@@ -334,7 +381,11 @@ def compose(param: Parameterization, objective: Objective, *, ipc: int,
             syn = objective.finalize(state.params["obj"], syn)
         return syn
 
-    return Distiller(init=init, step=step, synthetic=synthetic)
+    def stored(state):
+        return param.stored(state.params["set"])
+
+    return Distiller(init=init, step=step, synthetic=synthetic,
+                     stored=stored if param.stored is not None else None)
 
 
 def partition_optimizer(set_tx: optax.GradientTransformation,

@@ -58,11 +58,15 @@ class Distiller(NamedTuple):
         init: ``(key, data) -> state``.
         step: ``(state, key, data) -> (state, metrics)``; metrics is a dict of scalars.
         synthetic: ``state -> Synthetic``.
+        stored: ``state -> {name: array}``: the arrays that store the synthetic inputs when
+            they are not the decoded inputs (low-rank factors), for byte counts and for saving
+            beside the decoded set; None: the inputs are stored as decoded.
     """
 
     init: Callable[[PRNGKey, Any], Any]
     step: Callable[[Any, PRNGKey, Any], tuple[Any, Metrics]]
     synthetic: Callable[[Any], Synthetic]
+    stored: Callable[[Any], dict] | None = None
 
 
 class BilevelState(NamedTuple):

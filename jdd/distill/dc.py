@@ -97,11 +97,11 @@ import numpy as np
 import optax
 
 from jdd.config import ConfigError, opt, to_dict, validate
-from jdd.distill.compose import (Objective, Out, Probe, by_class, class_batches, compose,
-                                 pixels)
+from jdd.distill.compose import (Objective, Out, Parameterization, Probe, by_class,
+                                 class_batches, compose, pixels)
 from jdd.distill.core import Distiller
-from jdd.methods import (EvalOptions, Method, NetworkOptions, Plan, RunSpec, check_dsa_strategy,
-                         make_network)
+from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
+                         check_dsa_strategy, make_network, make_param, param_info)
 from jdd.models import Model
 from jdd.train import cast_like
 
@@ -402,7 +402,8 @@ def dc(model: Model, *, ipc: int, optimizer: optax.GradientTransformation | None
        lr: float = 0.1, momentum: float = 0.5, outer_loop: int | None = None,
        inner_loop: int | None = None, distance: str = "layerwise", batch_real: int = 256,
        lr_net: float = 0.01, net_momentum: float = 0.0, net_batch: int = 256,
-       init: str = "noise", augment=None, train_augment=None, extra=()) -> Distiller:
+       init: str = "noise", augment=None, train_augment=None, extra=(),
+       param: Parameterization | None = None) -> Distiller:
     """Dataset Condensation with gradient matching (DC) as a :class:`jdd.distill.Distiller`.
 
     The composition ``pixels(init, hard labels) x gradient_matching(...)`` on
@@ -422,6 +423,9 @@ def dc(model: Model, *, ipc: int, optimizer: optax.GradientTransformation | None
             (None for DC; :func:`dsa` passes DSA's).
         train_augment: per-image augmentation of the network's training on the synthetic set.
         extra: extra loss terms (:class:`jdd.distill.compose.ExtraTerm`).
+        param: the synthetic set's :class:`jdd.distill.Parameterization` (e.g.
+            :func:`jdd.distill.low_rank.low_rank`); None: ``pixels(init=init, labels="hard")``. A given
+            parameterization brings its own initialisation and labels.
 
     Returns:
         A Distiller; ``step`` metrics: ``loss`` (the summed distance before the update),
@@ -451,7 +455,7 @@ def dc(model: Model, *, ipc: int, optimizer: optax.GradientTransformation | None
         lr = _check_rate("lr", lr)
         momentum = _check_rate("momentum", momentum, zero_ok=True, below_one=True)
         optimizer = optax.sgd(lr, momentum=momentum if momentum > 0 else None)
-    param = pixels(init=init, labels="hard")
+    param = param if param is not None else pixels(init=init, labels="hard")
     objective = gradient_matching(model, outer_loop=outer_loop, inner_loop=inner_loop,
                                   distance=distance, batch_real=batch_real, lr_net=lr_net,
                                   net_momentum=net_momentum, net_batch=net_batch,
@@ -496,7 +500,7 @@ def dsa(model: Model, *, ipc: int, strategy: str = "color_crop_cutout_flip_scale
 # ----------------------------------------------------------------------------- registry entries
 
 @dataclasses.dataclass(frozen=True)
-class DCConfig(NetworkOptions, EvalOptions):
+class DCConfig(ParamOptions, NetworkOptions, EvalOptions):
     """``jdd distill --method dc``: the official DC recipe (VICO-UoE/DatasetCondensation).
 
     ``--steps`` counts jdd steps, i.e. SYNTHETIC UPDATES; the paper's outer iteration is
@@ -565,8 +569,9 @@ def _build(cfg: DCConfig, spec: RunSpec, *, with_dsa: bool) -> Plan:
         aug, info["dsa_strategy"] = run_augment(cfg.dsa_strategy, spec, siamese=True)
     d = dc(model, ipc=spec.ipc, lr=cfg.lr, momentum=cfg.momentum, outer_loop=outer,
            inner_loop=inner, distance=cfg.distance, batch_real=cfg.batch_real, lr_net=cfg.lr_net,
-           net_momentum=cfg.net_momentum, net_batch=cfg.net_batch, init=cfg.init, augment=aug,
-           train_augment=aug)
+           net_momentum=cfg.net_momentum, net_batch=cfg.net_batch, augment=aug,
+           train_augment=aug, param=make_param(cfg, spec, init=cfg.init, labels="hard"))
+    info.update(param_info(cfg, spec))
     learner = protocol_learner(cfg, spec, paper_augment=with_dsa)
     return Plan(d, learner, info)
 

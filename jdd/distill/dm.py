@@ -53,11 +53,12 @@ import jax.numpy as jnp
 import optax
 
 from jdd.config import opt, to_dict, validate
-from jdd.distill.compose import (Objective, Out, Probe, by_class, class_batches, compose,
-                                 pixels)
+from jdd.distill.compose import (Objective, Out, Parameterization, Probe, by_class,
+                                 class_batches, compose, pixels)
 from jdd.distill.compose import INITS
 from jdd.distill.core import Distiller
-from jdd.methods import EvalOptions, Method, NetworkOptions, Plan, RunSpec, make_network
+from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
+                         make_network, make_param, param_info)
 from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import cast_like
 
@@ -179,7 +180,8 @@ def _check_factory(ipc, lr_img, momentum, init, augment) -> None:
 
 
 def dm(model, *, ipc: int, lr_img: float = 1.0, momentum: float = 0.5, batch_real: int = 256,
-       init: str = "real", augment: Augment | None = None, extra=()) -> Distiller:
+       init: str = "real", augment: Augment | None = None, extra=(),
+       param: Parameterization | None = None) -> Distiller:
     """Distribution matching as a :class:`jdd.distill.Distiller`.
 
     The composition ``pixels(init, hard labels) x distribution_matching(model, batch_real)`` with
@@ -197,6 +199,9 @@ def dm(model, *, ipc: int, lr_img: float = 1.0, momentum: float = 0.5, batch_rea
         augment: siamese augmentation ``(key, x) -> x`` used while matching, or None. The paper
             uses DSA: ``jdd.augment.dsa(jdd.augment.default_strategy(dataset_name))``.
         extra: extra loss terms (:class:`jdd.distill.ExtraTerm`), given this objective's probe.
+        param: the synthetic set's :class:`jdd.distill.Parameterization` (e.g.
+            :func:`jdd.distill.low_rank.low_rank`); None: ``pixels(init=init, labels="hard")``. A given
+            parameterization brings its own initialisation and labels.
 
     Returns:
         A Distiller whose ``synthetic(state)`` is ``Synthetic(x (k * ipc, ...), y one-hot)``;
@@ -207,7 +212,8 @@ def dm(model, *, ipc: int, lr_img: float = 1.0, momentum: float = 0.5, batch_rea
     """
     _check_factory(ipc, lr_img, momentum, init, augment)
     objective = distribution_matching(model, batch_real=batch_real)
-    return compose(pixels(init=init, labels="hard"), objective, ipc=int(ipc),
+    param = param if param is not None else pixels(init=init, labels="hard")
+    return compose(param, objective, ipc=int(ipc),
                    optimizer=optax.sgd(float(lr_img), momentum=float(momentum) or None),
                    augment=augment, extra=extra)
 
@@ -215,7 +221,7 @@ def dm(model, *, ipc: int, lr_img: float = 1.0, momentum: float = 0.5, batch_rea
 # ----------------------------------------------------------------------------- registry
 
 @dataclasses.dataclass(frozen=True)
-class DMConfig(NetworkOptions, EvalOptions):
+class DMConfig(ParamOptions, NetworkOptions, EvalOptions):
     """Distribution matching's options (defaults: the official ``main_DM.py`` recipe)."""
 
     lr_img: float = opt(1.0, "SGD learning rate of the synthetic images", gt=0, le=1e6)
@@ -238,10 +244,12 @@ def build(cfg: DMConfig, spec: RunSpec) -> Plan:
     model = make_network(cfg, spec.num_classes)
     augment, strategy = run_augment(cfg.dsa_strategy, spec, siamese=True)
     distiller = dm(model, ipc=spec.ipc, lr_img=cfg.lr_img, momentum=cfg.momentum,
-                   batch_real=cfg.batch_real, init=cfg.init, augment=augment)
+                   batch_real=cfg.batch_real, augment=augment,
+                   param=make_param(cfg, spec, init=cfg.init, labels="hard"))
     learner = protocol_learner(cfg, spec, paper_augment=True)
     info = dict(to_dict(cfg), dsa_strategy_resolved=strategy, network=model.name,
-                optimizer=f"sgd(lr={cfg.lr_img:g}, momentum={cfg.momentum:g})")
+                optimizer=f"sgd(lr={cfg.lr_img:g}, momentum={cfg.momentum:g})",
+                **param_info(cfg, spec))
     return Plan(distiller=distiller, learner=learner, info=info)
 
 

@@ -37,10 +37,10 @@ import numpy as np
 import optax
 
 from jdd.config import opt, to_dict, validate
-from jdd.distill.compose import Objective, Out, compose, pixels
+from jdd.distill.compose import Objective, Out, Parameterization, compose, pixels
 from jdd.distill.core import Distiller, sample_rows
 from jdd.kernels.krr import krr_solve
-from jdd.methods import Method, Plan, RunSpec
+from jdd.methods import Method, ParamOptions, Plan, RunSpec, make_param, param_info
 
 KernelFn = Callable[..., jax.Array]
 
@@ -95,7 +95,8 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         optimizer: optax.GradientTransformation | None = None, reg: float = 1e-6,
         learn_labels: bool = True, batch_size: int | None = None, init: str = "real",
         label_scale: float = 1.0, center_labels: bool = False,
-        dtype: Any = None, augment=None, extra=()) -> Distiller:
+        dtype: Any = None, augment=None, extra=(),
+        param: Parameterization | None = None) -> Distiller:
     """Kernel Inducing Points as a :class:`jdd.distill.Distiller`.
 
     The composition ``pixels(labels="raw" | "hard") x kip_objective(...)`` on
@@ -117,6 +118,9 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         dtype: compute dtype; None follows ``data.x``.
         augment: optional ``(key, x) -> x`` applied with one draw to support and batch.
         extra: extra loss terms (KIP runs no network, so terms that need one do not apply).
+        param: the synthetic set's :class:`jdd.distill.Parameterization` (e.g.
+            :func:`jdd.distill.low_rank.low_rank`); None: ``pixels(init=init, labels="raw" or "hard", ...)``. A given
+            parameterization brings its own initialisation and labels.
 
     Returns:
         A Distiller whose ``init(key, data)`` takes a :class:`jdd.data.Dataset`, whose
@@ -137,8 +141,9 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         >>> res.synthetic.x.shape, res.synthetic.y.shape
         ((10, 8, 8, 1), (10, 10))
     """
-    param = pixels(init=init, labels="raw" if learn_labels else "hard",
-                   label_scale=label_scale, center_labels=center_labels, dtype=dtype)
+    if param is None:
+        param = pixels(init=init, labels="raw" if learn_labels else "hard",
+                       label_scale=label_scale, center_labels=center_labels, dtype=dtype)
     objective = kip_objective(kernel_fn, reg=reg, batch_size=batch_size,
                               label_scale=label_scale, center_labels=center_labels)
     return compose(param, objective, ipc=ipc,
@@ -172,7 +177,7 @@ def kernel_by_name(name: str, depth: int = 2) -> KernelFn:
 
 
 @dataclasses.dataclass(frozen=True)
-class KipConfig:
+class KipConfig(ParamOptions):
     """``jdd distill --method kip``. Defaults are the recipe that 4-fold cross-validation on the
     training split chose in benchmarks/kip_digits.py: FC ReLU NTK of depth 2, ridge 1e-6, learned
     labels, batches of 256; IPC 1: Adam 0.03 with cosine decay over 3000 steps (96.4 %); larger
@@ -203,9 +208,12 @@ def _build(cfg: KipConfig, spec: RunSpec) -> Plan:
     kfn = kernel_by_name(cfg.kernel, cfg.kernel_depth)
     lr, schedule = _resolved(cfg, spec.ipc)
     d = kip(kfn, ipc=spec.ipc, optimizer=outer_adam(lr, schedule, spec.steps), reg=cfg.reg,
-            learn_labels=cfg.learn_labels, batch_size=cfg.batch_size, init=cfg.init)
+            batch_size=cfg.batch_size,
+            param=make_param(cfg, spec, init=cfg.init,
+                             labels="raw" if cfg.learn_labels else "hard"))
     learner = kernel_learner(kfn, cfg.reg, name=f"krr[{cfg.kernel}, depth {cfg.kernel_depth}]")
-    return Plan(d, learner, {**to_dict(cfg), "outer_lr": lr, "outer_schedule": schedule})
+    return Plan(d, learner, {**to_dict(cfg), "outer_lr": lr, "outer_schedule": schedule,
+                             **param_info(cfg, spec)})
 
 
 METHOD = Method(name="kip", config=KipConfig, build=_build,

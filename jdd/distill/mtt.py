@@ -114,10 +114,11 @@ import numpy as np
 import optax
 
 from jdd.config import ConfigError, opt, to_dict, validate
-from jdd.distill.compose import INITS, Objective, Out, Probe, compose, pixels
+from jdd.distill.compose import INITS, Objective, Out, Parameterization, Probe, compose, pixels
 from jdd.distill.core import Distiller
 from jdd.experts import Buffer, load_buffer, param_layout
-from jdd.methods import EvalOptions, Method, NetworkOptions, Plan, RunSpec, make_network
+from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
+                         make_network, make_param, param_info)
 from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import _AUG_STREAM, TrainConfig, fit, loss_fn
 
@@ -431,7 +432,8 @@ def mtt(model, buffer: Buffer, *, ipc: int, syn_steps: int = 20, expert_epochs: 
         lr_init: float = 0.01, lr_label: float = 10.0, momentum: float = 0.5,
         batch_syn: int | None = None, memory: str = "unroll", soft_labels: bool = False,
         learn_labels: bool = False, learn_lr: bool = True, init: str = "real",
-        augment: Augment | None = None, extra=()) -> Distiller:
+        augment: Augment | None = None, extra=(),
+        param: Parameterization | None = None) -> Distiller:
     """Trajectory matching as a :class:`jdd.distill.Distiller`.
 
     The composition ``pixels(init, hard labels) x trajectory_matching(...)`` with
@@ -454,6 +456,9 @@ def mtt(model, buffer: Buffer, *, ipc: int, syn_steps: int = 20, expert_epochs: 
         augment: the augmentation of every student minibatch (MTT: DSA with per-image
             parameters, ``jdd.augment.dsa(strategy, siamese=False)``), or None.
         extra: extra loss terms (their probe: the trained student and the synthetic images).
+        param: the synthetic set's :class:`jdd.distill.Parameterization` (e.g.
+            :func:`jdd.distill.low_rank.low_rank`); None: ``pixels(init=init, labels="hard")``. A given
+            parameterization brings its own initialisation and labels.
 
     Returns:
         A Distiller whose ``synthetic(state)`` carries the learned ``syn_lr`` as ``lr`` (the
@@ -468,7 +473,8 @@ def mtt(model, buffer: Buffer, *, ipc: int, syn_steps: int = 20, expert_epochs: 
                                     lr_init=lr_init, batch_syn=batch_syn, memory=memory,
                                     soft_labels=soft_labels, learn_labels=learn_labels,
                                     learn_lr=learn_lr)
-    return compose(pixels(init=init, labels="hard"), objective, ipc=int(ipc),
+    param = param if param is not None else pixels(init=init, labels="hard")
+    return compose(param, objective, ipc=int(ipc),
                    optimizer=mtt_optimizer(lr_img, lr_lr, momentum=momentum, lr_label=lr_label),
                    augment=augment, extra=extra)
 
@@ -476,7 +482,7 @@ def mtt(model, buffer: Buffer, *, ipc: int, syn_steps: int = 20, expert_epochs: 
 # ----------------------------------------------------------------------------- registry
 
 @dataclasses.dataclass(frozen=True)
-class MTTConfig(NetworkOptions, EvalOptions):
+class MTTConfig(ParamOptions, NetworkOptions, EvalOptions):
     """Trajectory matching's options (defaults: the official MTT ``distill.py``; evaluation with
     1000 epochs, DSA and the learned ``syn_lr``, as MTT)."""
 
@@ -540,8 +546,8 @@ def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
                     lr_img=cfg.lr_img, lr_lr=cfg.lr_lr, lr_init=cfg.lr_init,
                     lr_label=cfg.lr_label, momentum=cfg.momentum, batch_syn=cfg.batch_syn,
                     memory=cfg.memory, soft_labels=cfg.soft_labels,
-                    learn_labels=cfg.learn_labels, learn_lr=cfg.learn_lr, init=cfg.init,
-                    augment=augment)
+                    learn_labels=cfg.learn_labels, learn_lr=cfg.learn_lr, augment=augment,
+                    param=make_param(cfg, spec, init=cfg.init, labels="hard"))
     try:
         learner = protocol_learner(cfg, spec, paper_augment=True)
     except ValueError as e:
@@ -552,7 +558,8 @@ def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
                 buffer_preprocessing=buffer.manifest.get("preprocessing"),
                 optimizer=f"sgd(momentum={cfg.momentum:g}): images {cfg.lr_img:g}, syn_lr "
                           f"{cfg.lr_lr:g}" + (f", labels {cfg.lr_label:g}"
-                                               if cfg.learn_labels else ""))
+                                               if cfg.learn_labels else ""),
+                **param_info(cfg, spec))
     return Plan(distiller=distiller, learner=learner, info=info)
 
 

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdd.distill.compose import Objective, Out, Probe, compose, pixels
+from jdd.distill.compose import Objective, Out, Parameterization, Probe, compose, pixels
 from jdd.distill.core import Distiller, sample_rows
 from jdd.config import opt, to_dict, validate
-from jdd.methods import Method, NetworkOptions, Plan, RunSpec, make_network
+from jdd.methods import (Method, NetworkOptions, ParamOptions, Plan, RunSpec, make_network,
+                         make_param, param_info)
 from jdd.models import Model
 from jdd.train import MEMORY, OPTIMIZERS, TrainConfig, check_config, init_and_fit, loss_fn
 
@@ -100,7 +101,7 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
              optimizer: optax.GradientTransformation | None = None, batch_size: int = 256,
              init: str = "real", inner_lr: float = 0.01, learn_labels: bool = True,
              learn_lr: bool = True, label_init: float = 3.0, augment=None,
-             extra=()) -> Distiller:
+             extra=(), param: Parameterization | None = None) -> Distiller:
     """Unrolled meta-gradient distiller with learnable inputs, soft labels and inner lr.
 
     The composition ``pixels(labels="softmax") x performance_matching(...)`` on
@@ -123,6 +124,9 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
         augment: optional ``(key, x) -> x`` applied with one draw to the synthetic set and the
             real batch.
         extra: extra loss terms (:class:`jdd.distill.compose.ExtraTerm`).
+        param: the synthetic set's :class:`jdd.distill.Parameterization` (e.g.
+            :func:`jdd.distill.low_rank.low_rank`); None: ``pixels(init=init, labels="softmax" or "hard", label_init=label_init)``. A given
+            parameterization brings its own initialisation and labels.
 
     Returns:
         A :class:`jdd.distill.Distiller`. ``step(state, key, data)`` takes ``data`` a
@@ -140,8 +144,9 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
         >>> r.synthetic.x.shape
         (2, 10, 8, 8, 1)
     """
-    param = pixels(init=init, labels="softmax" if learn_labels else "hard",
-                   label_init=label_init)
+    if param is None:
+        param = pixels(init=init, labels="softmax" if learn_labels else "hard",
+                       label_init=label_init)
     objective = performance_matching(model, inner=inner, batch_size=batch_size,
                                      inner_lr=inner_lr, learn_lr=learn_lr)
     return compose(param, objective, ipc=ipc, optimizer=optimizer or optax.adam(1e-2),
@@ -151,7 +156,7 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
 # ----------------------------------------------------------------------------- registry entry
 
 @dataclasses.dataclass(frozen=True)
-class UnrolledConfig(NetworkOptions):
+class UnrolledConfig(ParamOptions, NetworkOptions):
     """``jdd distill --method unrolled``. Defaults: the recipe of benchmarks/unrolled_digits.py
     (MLP with one hidden layer of 128, 20 inner Adam steps, outer Adam 0.01, 1000 steps:
     93.3 % at IPC 1 and 96.9 % at IPC 10 on digits)."""
@@ -186,14 +191,15 @@ def _build(cfg: UnrolledConfig, spec: RunSpec) -> Plan:
                         truncate=cfg.truncate)
     d = unrolled(model, ipc=spec.ipc, inner=inner,
                  optimizer=outer_adam(cfg.lr, cfg.schedule, spec.steps),
-                 batch_size=cfg.batch_size, init=cfg.init, inner_lr=cfg.inner_lr,
-                 learn_labels=cfg.learn_labels, learn_lr=cfg.learn_lr)
+                 batch_size=cfg.batch_size, inner_lr=cfg.inner_lr, learn_lr=cfg.learn_lr,
+                 param=make_param(cfg, spec, init=cfg.init, label_init=3.0,
+                                  labels="softmax" if cfg.learn_labels else "hard"))
     eval_cfg = inner._replace(memory="unroll")
     learner = network_learner(model, eval_cfg, cfg.inner_lr,
                               full_data=full_data_config(eval_cfg, spec.n_train,
                                                          epochs=cfg.full_data_epochs))
     return Plan(d, learner, {**to_dict(cfg), "model_name": model.name,
-                             "inner": inner._asdict()})
+                             "inner": inner._asdict(), **param_info(cfg, spec)})
 
 
 METHOD = Method(name="unrolled", config=UnrolledConfig, build=_build,
