@@ -202,6 +202,40 @@ def test_bad_import_options_are_refused(tmp_path, capsys, argv, msg):
     assert msg in err and err.count("\n") == 1
 
 
+def test_overshooting_sets_need_pixel_range_unless_they_are_jdd_exports(run, tmp_path,
+                                                                         capsys):
+    # a foreign set in pixel space that overshoots far (noise-initialised DC does): refused
+    # with the hint, accepted with --pixel-range
+    x, y = _set()
+    x = x * 12 - 5                                      # [-5, 7]
+    path = _npz(tmp_path / "far.npz", images=x, labels=y)
+    assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "pixel values span [-5" in err and "--pixel-range LO HI" in err
+    assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "a"),
+                 "--pixel-range", "-6", "8", "--quiet"]) == 0
+    ds = load_distilled(tmp_path / "a")
+    np.testing.assert_allclose(np.asarray(ds.preprocessor.invert(ds.x[0])),
+                               x.transpose(0, 2, 3, 1), atol=1e-4)
+    for bad in (["-6"], ["8", "-6"], ["1", "1"]):
+        assert main(["import", path, "--dataset", "digits", "--out", str(tmp_path / "b"),
+                     "--pixel-range", *bad]) == 2
+        assert "--pixel-range: expected two numbers LO HI with LO < HI" in \
+            capsys.readouterr().err
+    # a jdd export says it holds pixel space (export.json): its overshoot is not refused
+    assert main(["export", str(run), "--format", "npz", "--overwrite", "--quiet"]) == 0
+    src = run / "export-npz" / "seed0.npz"
+    t = dict(np.load(src))
+    t["images"] = t["images"] * 12 - 5
+    far = tmp_path / "export-far"
+    far.mkdir()
+    np.savez(far / "seed0.npz", **t)
+    info = json.loads((run / "export-npz" / "export.json").read_text())
+    (far / "export.json").write_text(json.dumps(info))
+    assert main(["import", str(far / "seed0.npz"), "--dataset", "digits", "--out",
+                 str(tmp_path / "c"), "--quiet"]) == 0
+
+
 def test_unknown_suffix_and_missing_keys_are_refused(tmp_path, capsys):
     (tmp_path / "set.txt").write_text("hi")
     assert main(["import", str(tmp_path / "set.txt"), "--dataset", "digits", "--out",

@@ -18,8 +18,10 @@ labels do: the counts are recorded), and the pixel range: after ``--scale`` (e.g
 255 for 0..255 data; uint8 tensors are divided by 255 by default) and un-normalising with
 ``--mean`` / ``--std`` (for sets saved normalised, as the DC / DSA / MTT repositories save them),
 values must lie within ``[-1, 2]`` (the data's ``[0, 1]`` with room for a distilled set's
-overshoot). A ``jdd export`` folder's ``export.json`` is read for the PNG value range and the
-preprocessing.
+overshoot; ``--pixel-range LO HI`` widens it for a set known to be in pixel space that overshoots
+further, as noise-initialised DC sets do). A ``jdd export``'s range is not checked: its
+``export.json`` (beside the file, or embedded in a safetensors header) says that it holds pixel
+space, and is read for the PNG value range and the preprocessing.
 
 The run folder: ``distilled.npz`` (the set mapped into the dataset's preprocessed space, the
 preprocessing fitted on the real training set exactly as ``jdd distill`` fits it), ``import.json``
@@ -83,6 +85,10 @@ class ImportConfig:
                                  "x, data, inputs, ...)")
     labels_key: str | None = opt(None, "tensor name of the labels (none: labels, label_syn, y, "
                                  "targets, ...)")
+    pixel_range: tuple[float, ...] | None = opt(
+        None, "accepted pixel values after --scale and --mean/--std, as LO HI (none: -1 2, the "
+        "data's 0..1 with room for a distilled set's overshoot; a jdd export is not checked)",
+        ge=-1e9, le=1e9)
     class_major: bool = opt(False, "the file has no labels: the images are in class order, "
                             "the same number per class (as MTT's images_best.pt)")
     quiet: bool = opt(False, "print nothing")
@@ -101,6 +107,10 @@ class ImportConfig:
         if self.class_major and self.labels_key is not None:
             raise ConfigError("--class-major and --labels-key: expected one (labels from the "
                               "file, or from the class order)")
+        if self.pixel_range is not None and (len(self.pixel_range) != 2 or
+                                             self.pixel_range[0] >= self.pixel_range[1]):
+            raise ConfigError(f"--pixel-range: expected two numbers LO HI with LO < HI; got "
+                              f"{' '.join(f'{v:g}' for v in self.pixel_range)}")
         if self.mean is not None and len(self.mean) != len(self.std):
             raise ConfigError(f"--mean has {len(self.mean)} values and --std {len(self.std)}; "
                               f"expected one per channel each")
@@ -201,13 +211,15 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
                               f"channel(s)")
         x = x * np.asarray(cfg.std, np.float32) + np.asarray(cfg.mean, np.float32)
     lo, hi = float(x.min()), float(x.max())
-    if lo < PIXEL_RANGE[0] or hi > PIXEL_RANGE[1]:
+    allowed = tuple(cfg.pixel_range or PIXEL_RANGE)
+    if export is None and (lo < allowed[0] or hi > allowed[1]):
         hint = (" it looks like 0..255 pixels: pass --scale 255" if hi > 2 and lo >= -1 and
                 hi <= 255 * 2 else " it looks normalised: pass the --mean and --std it was "
-                "normalised with" if lo < PIXEL_RANGE[0] else "")
+                "normalised with" if lo < allowed[0] else "")
         raise FormatError(f"{path}: pixel values span [{lo:.3g}, {hi:.3g}]; expected the "
-                          f"data's [0, 1] scale (within {list(PIXEL_RANGE)} for a distilled "
-                          f"set's overshoot);{hint}")
+                          f"data's [0, 1] scale (within {list(allowed)} for a distilled "
+                          f"set's overshoot);{hint} (or --pixel-range LO HI for a set in pixel "
+                          f"space that overshoots further)")
     counts = np.bincount(hard, minlength=y.shape[1])
     # the budget is examples / classes (a distillation may move a label's argmax, e.g. KIP's
     # learned labels, so the classes need not be balanced); the random subset gets as many
