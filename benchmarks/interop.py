@@ -208,11 +208,15 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
         data = np.load(os.path.join(run, "export-npz", "seed0.npz"))
         paths = independent_files(os.path.join(work, f"{method}{ipc}-independent"),
                                   data["images"], data["labels"])
+        # the other tool knows its set is in pixel space: a noise-initialised set (DC)
+        # overshoots jdd import's default [-1, 2] check, so it names its range
+        span = ["--pixel-range", str(min(-1.0, float(np.floor(data["images"].min())))),
+                str(max(2.0, float(np.ceil(data["images"].max()))))]
         for fmt, path in paths.items():
             imp = os.path.join(work, f"{method}{ipc}-independent-{fmt}")
             # the independent files carry hard labels and no recipe: scored as the run was
             _jdd(["import", path, "--dataset", "digits", "--out", imp, "--quiet",
-                  "--overwrite", "--recipe-from", run])
+                  "--overwrite", "--recipe-from", run] + span)
             _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
             row["independent"][fmt] = {"accuracies": _eval_json(imp)["result"]["accuracies"]}
         base = row["independent"]["npz"]["accuracies"]
