@@ -304,7 +304,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     from jdd.storage import is_one_hot, set_storage
 
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
-    _check_param_early(rc, cfg, steps)
+    _check_before_loading(rc, cfg, steps)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
     try:
         check_ipc(np.asarray(train.y), train.num_classes, rc.ipc, train.name)
@@ -386,20 +386,24 @@ def _distill_into(writer, method, rc, cfg) -> int:
     return 0
 
 
-def _check_param_early(rc, cfg, steps: int) -> None:
-    """Refuse a parameterization that cannot hold the dataset's images (``--param low-rank``
-    with a rank too large for the images or the ``--ipc`` budget) before any data is loaded,
-    for the datasets whose shape is known without reading them."""
+def _check_before_loading(rc, cfg, steps: int) -> None:
+    """For the datasets whose shape is known without reading them, refuse before any data is
+    loaded a parameterization that cannot hold the images (``--param low-rank`` with a rank too
+    large for the images or the ``--ipc`` budget) and extra-term layers the network lacks
+    (``--mim4dd-layers``)."""
     from jdd import methods
     from jdd.config import ConfigError
     from jdd.data import SHAPES
-    if not isinstance(cfg, methods.ParamOptions) or rc.dataset not in SHAPES:
+    if rc.dataset not in SHAPES:
         return
     shape, k = SHAPES[rc.dataset]
     spec = methods.RunSpec(ipc=rc.ipc, steps=steps, seeds=rc.seeds, dataset=rc.dataset,
                            num_classes=k, feature_shape=shape, n_train=0, seed=rc.seed)
     try:
-        methods.make_param(cfg, spec)
+        if isinstance(cfg, methods.ParamOptions):
+            methods.make_param(cfg, spec)
+        if isinstance(cfg, methods.ExtraOptions) and isinstance(cfg, methods.NetworkOptions):
+            methods.make_extra(cfg, methods.make_network(cfg, k), shape)
     except ConfigError as e:
         raise CLIError(str(e)) from None
 

@@ -186,6 +186,45 @@ def param_info(cfg: ParamOptions, spec: "RunSpec") -> dict:
     return {"images_per_class": images_per_class(spec.ipc, h, w, cfg.rank)}
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtraOptions:
+    """Extra loss terms a network-based method can add (the composable core's fourth part)."""
+
+    mim4dd_weight: float = opt(0.0, "weight of the MIM4DD contrastive (InfoNCE) term on the "
+                               "network's features (0: off; Shang et al. 2023)", ge=0, le=1e6)
+    mim4dd_temperature: float = opt(0.1, "MIM4DD InfoNCE temperature", gt=0, le=1e3)
+    mim4dd_layers: tuple[int, ...] | None = opt(None, "MIM4DD feature layers: indices into the "
+                                                "network's per-block features, negative from "
+                                                "the embedding (none: all)", ge=-64, le=64)
+    mim4dd_real: int = opt(256, "real examples in the MIM4DD term per step", ge=1, le=10**6)
+
+
+def make_extra(cfg: ExtraOptions, model, feature_shape: tuple) -> tuple:
+    """The :class:`jdd.distill.ExtraTerm` values a config asks for (empty when none), after
+    checking the MIM4DD layers against ``model``'s features on ``feature_shape`` inputs (shapes
+    only: nothing is compiled).
+
+    Raises:
+        ConfigError: a layer index the network does not have.
+    """
+    if not cfg.mim4dd_weight:
+        return ()
+    import jax
+    import jax.numpy as jnp
+    from jdd.distill.mim4dd import mim4dd
+    if cfg.mim4dd_layers is not None:
+        x = jax.ShapeDtypeStruct((2,) + tuple(feature_shape), jnp.float32)
+        params = jax.eval_shape(model.init, jax.random.key(0), x)
+        n = len(jax.eval_shape(model.features, params, x))
+        bad = [i for i in cfg.mim4dd_layers if not -n <= i < n]
+        if bad:
+            raise ConfigError(f"--mim4dd-layers {' '.join(map(str, bad))}: the network "
+                              f"{model.name} exposes {n} feature layers; expected indices in "
+                              f"{-n} .. {n - 1}")
+    return (mim4dd(weight=cfg.mim4dd_weight, temperature=cfg.mim4dd_temperature,
+                   layers=cfg.mim4dd_layers, real_batch=cfg.mim4dd_real),)
+
+
 def network_kwargs(cfg, prefix: str = "") -> tuple[str, dict]:
     """``(model name, make_model keyword arguments)`` of a config's network fields ``model``,
     ``width``, ``depth``, ``norm``, ``hidden`` (``prefix`` selects e.g. the ``eval_`` fields);

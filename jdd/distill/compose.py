@@ -199,6 +199,9 @@ class Probe(NamedTuple):
         y_real: (n,) int32 their classes.
         x_syn: (m, *feature_shape) the (augmented) synthetic inputs, differentiable.
         y_syn: (m,) int32 the classes the synthetic examples stand for.
+        data: the real :class:`jdd.data.Dataset` the step was given (filled in by
+            :func:`compose`), for terms that draw their own real batch when the objective uses
+            none (trajectory matching).
     """
 
     params: Any = None
@@ -206,6 +209,7 @@ class Probe(NamedTuple):
     y_real: Any = None
     x_syn: Any = None
     y_syn: Any = None
+    data: Any = None
 
 
 class Out(NamedTuple):
@@ -348,11 +352,12 @@ def compose(param: Parameterization, objective: Objective, *, ipc: int,
         syn = param.decode(params["set"], fixed)
         classes = param.classes(fixed)
         out = objective.loss(params["obj"], syn, classes, data, key, obj_state, augment)
+        probe = out.probe._replace(data=data)
         total = out.loss
         metrics = dict(out.metrics)
         metrics["loss"] = out.loss
         for i, t in enumerate(extra):
-            v = t.fn(objective.model, out.probe, jax.random.fold_in(key, 1000 + i))
+            v = t.fn(objective.model, probe, jax.random.fold_in(key, 1000 + i))
             total = total + t.weight * v
             metrics[t.name] = v
         if extra:

@@ -100,8 +100,9 @@ from jdd.config import ConfigError, opt, to_dict, validate
 from jdd.distill.compose import (Objective, Out, Parameterization, Probe, by_class,
                                  class_batches, compose, pixels)
 from jdd.distill.core import Distiller
-from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
-                         check_dsa_strategy, make_network, make_param, param_info)
+from jdd.methods import (EvalOptions, ExtraOptions, Method, NetworkOptions, ParamOptions, Plan,
+                         RunSpec, check_dsa_strategy, make_extra, make_network, make_param,
+                         param_info)
 from jdd.models import Model
 from jdd.train import cast_like
 
@@ -500,7 +501,7 @@ def dsa(model: Model, *, ipc: int, strategy: str = "color_crop_cutout_flip_scale
 # ----------------------------------------------------------------------------- registry entries
 
 @dataclasses.dataclass(frozen=True)
-class DCConfig(ParamOptions, NetworkOptions, EvalOptions):
+class DCConfig(ParamOptions, ExtraOptions, NetworkOptions, EvalOptions):
     """``jdd distill --method dc``: the official DC recipe (VICO-UoE/DatasetCondensation).
 
     ``--steps`` counts jdd steps, i.e. SYNTHETIC UPDATES; the paper's outer iteration is
@@ -570,7 +571,8 @@ def _build(cfg: DCConfig, spec: RunSpec, *, with_dsa: bool) -> Plan:
     d = dc(model, ipc=spec.ipc, lr=cfg.lr, momentum=cfg.momentum, outer_loop=outer,
            inner_loop=inner, distance=cfg.distance, batch_real=cfg.batch_real, lr_net=cfg.lr_net,
            net_momentum=cfg.net_momentum, net_batch=cfg.net_batch, augment=aug,
-           train_augment=aug, param=make_param(cfg, spec, init=cfg.init, labels="hard"))
+           train_augment=aug, param=make_param(cfg, spec, init=cfg.init, labels="hard"),
+           extra=make_extra(cfg, model, spec.feature_shape))
     info.update(param_info(cfg, spec))
     learner = protocol_learner(cfg, spec, paper_augment=with_dsa)
     return Plan(d, learner, info)

@@ -57,8 +57,8 @@ from jdd.distill.compose import (Objective, Out, Parameterization, Probe, by_cla
                                  class_batches, compose, pixels)
 from jdd.distill.compose import INITS
 from jdd.distill.core import Distiller
-from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
-                         make_network, make_param, param_info)
+from jdd.methods import (EvalOptions, ExtraOptions, Method, NetworkOptions, ParamOptions, Plan,
+                         RunSpec, make_extra, make_network, make_param, param_info)
 from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import cast_like
 
@@ -221,7 +221,7 @@ def dm(model, *, ipc: int, lr_img: float = 1.0, momentum: float = 0.5, batch_rea
 # ----------------------------------------------------------------------------- registry
 
 @dataclasses.dataclass(frozen=True)
-class DMConfig(ParamOptions, NetworkOptions, EvalOptions):
+class DMConfig(ParamOptions, ExtraOptions, NetworkOptions, EvalOptions):
     """Distribution matching's options (defaults: the official ``main_DM.py`` recipe)."""
 
     lr_img: float = opt(1.0, "SGD learning rate of the synthetic images", gt=0, le=1e6)
@@ -245,7 +245,8 @@ def build(cfg: DMConfig, spec: RunSpec) -> Plan:
     augment, strategy = run_augment(cfg.dsa_strategy, spec, siamese=True)
     distiller = dm(model, ipc=spec.ipc, lr_img=cfg.lr_img, momentum=cfg.momentum,
                    batch_real=cfg.batch_real, augment=augment,
-                   param=make_param(cfg, spec, init=cfg.init, labels="hard"))
+                   param=make_param(cfg, spec, init=cfg.init, labels="hard"),
+                   extra=make_extra(cfg, model, spec.feature_shape))
     learner = protocol_learner(cfg, spec, paper_augment=True)
     info = dict(to_dict(cfg), dsa_strategy_resolved=strategy, network=model.name,
                 optimizer=f"sgd(lr={cfg.lr_img:g}, momentum={cfg.momentum:g})",

@@ -117,8 +117,8 @@ from jdd.config import ConfigError, opt, to_dict, validate
 from jdd.distill.compose import INITS, Objective, Out, Parameterization, Probe, compose, pixels
 from jdd.distill.core import Distiller
 from jdd.experts import Buffer, load_buffer, param_layout
-from jdd.methods import (EvalOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
-                         make_network, make_param, param_info)
+from jdd.methods import (EvalOptions, ExtraOptions, Method, NetworkOptions, ParamOptions, Plan,
+                         RunSpec, make_extra, make_network, make_param, param_info)
 from jdd.methods import check_dsa_strategy, protocol_learner, run_augment
 from jdd.train import _AUG_STREAM, TrainConfig, fit, loss_fn
 
@@ -482,7 +482,7 @@ def mtt(model, buffer: Buffer, *, ipc: int, syn_steps: int = 20, expert_epochs: 
 # ----------------------------------------------------------------------------- registry
 
 @dataclasses.dataclass(frozen=True)
-class MTTConfig(ParamOptions, NetworkOptions, EvalOptions):
+class MTTConfig(ParamOptions, ExtraOptions, NetworkOptions, EvalOptions):
     """Trajectory matching's options (defaults: the official MTT ``distill.py``; evaluation with
     1000 epochs, DSA and the learned ``syn_lr``, as MTT)."""
 
@@ -547,7 +547,8 @@ def build(cfg: MTTConfig, spec: RunSpec) -> Plan:
                     lr_label=cfg.lr_label, momentum=cfg.momentum, batch_syn=cfg.batch_syn,
                     memory=cfg.memory, soft_labels=cfg.soft_labels,
                     learn_labels=cfg.learn_labels, learn_lr=cfg.learn_lr, augment=augment,
-                    param=make_param(cfg, spec, init=cfg.init, labels="hard"))
+                    param=make_param(cfg, spec, init=cfg.init, labels="hard"),
+                    extra=make_extra(cfg, model, spec.feature_shape))
     try:
         learner = protocol_learner(cfg, spec, paper_augment=True)
     except ValueError as e:

@@ -27,8 +27,8 @@ import optax
 from jdd.distill.compose import Objective, Out, Parameterization, Probe, compose, pixels
 from jdd.distill.core import Distiller, sample_rows
 from jdd.config import opt, to_dict, validate
-from jdd.methods import (Method, NetworkOptions, ParamOptions, Plan, RunSpec, make_network,
-                         make_param, param_info)
+from jdd.methods import (ExtraOptions, Method, NetworkOptions, ParamOptions, Plan, RunSpec,
+                         make_extra, make_network, make_param, param_info)
 from jdd.models import Model
 from jdd.train import MEMORY, OPTIMIZERS, TrainConfig, check_config, init_and_fit, loss_fn
 
@@ -156,7 +156,7 @@ def unrolled(model: Model, *, ipc: int, inner: TrainConfig = TrainConfig(steps=2
 # ----------------------------------------------------------------------------- registry entry
 
 @dataclasses.dataclass(frozen=True)
-class UnrolledConfig(ParamOptions, NetworkOptions):
+class UnrolledConfig(ParamOptions, ExtraOptions, NetworkOptions):
     """``jdd distill --method unrolled``. Defaults: the recipe of benchmarks/unrolled_digits.py
     (MLP with one hidden layer of 128, 20 inner Adam steps, outer Adam 0.01, 1000 steps:
     93.3 % at IPC 1 and 96.9 % at IPC 10 on digits)."""
@@ -193,7 +193,8 @@ def _build(cfg: UnrolledConfig, spec: RunSpec) -> Plan:
                  optimizer=outer_adam(cfg.lr, cfg.schedule, spec.steps),
                  batch_size=cfg.batch_size, inner_lr=cfg.inner_lr, learn_lr=cfg.learn_lr,
                  param=make_param(cfg, spec, init=cfg.init, label_init=3.0,
-                                  labels="softmax" if cfg.learn_labels else "hard"))
+                                  labels="softmax" if cfg.learn_labels else "hard"),
+                 extra=make_extra(cfg, model, spec.feature_shape))
     eval_cfg = inner._replace(memory="unroll")
     learner = network_learner(model, eval_cfg, cfg.inner_lr,
                               full_data=full_data_config(eval_cfg, spec.n_train,
