@@ -214,8 +214,18 @@ def distill_parser(method_name: str | None) -> argparse.ArgumentParser:
                     "before any data is loaded.",
         epilog="Methods: " + ", ".join(methods.names()) + ". Run `jdd distill --method NAME "
                "--help` for a method's options.")
-    p.add_argument("--method", required=True, metavar="NAME",
-                   help=f"distillation method, one of: {', '.join(methods.names())}")
+    p.add_argument("--method", required=False, metavar="NAME",
+                   help=f"distillation method, one of: {', '.join(methods.names())} (required "
+                        "unless --config names it)")
+    g = p.add_argument_group("config files and sweeps (jdd.sweep)")
+    g.add_argument("--config", metavar="FILE", help="YAML file: a run (options by name, "
+                   "method included), a run with a `grid` of option lists, or a list of them; "
+                   "flags given beside it override its values; RUN/config.yaml reproduces a run")
+    g.add_argument("--index", metavar="N", help="run only entry N (0-based) of the sweep, or "
+                   "`env`: the array-job index (SLURM_ARRAY_TASK_ID, PBS_ARRAY_INDEX, "
+                   "SGE_TASK_ID, LSB_JOBINDEX, AWS_BATCH_JOB_ARRAY_INDEX, JDD_SWEEP_INDEX)")
+    g.add_argument("--dry-run", action="store_true", help="check every entry and print the "
+                   "resolved configs as YAML; load and run nothing")
     add_arguments(p.add_argument_group("run"), methods.RunConfig)
     if method_name is not None:
         m = methods.get(method_name)
@@ -242,6 +252,9 @@ def parse_distill(argv: list[str]):
     if rest:
         raise CLIError(f"{' '.join(rest)}: not an option of --method {name} (see `jdd distill "
                        f"--method {name} --help` for its options)")
+    if name is None:
+        raise CLIError("--method: expected a method (or --config FILE naming one); valid "
+                       f"methods: {', '.join(methods.names())}")
     method = methods.get(name)
     try:
         run_cfg = from_namespace(methods.RunConfig, ns)
@@ -281,15 +294,145 @@ def _precision_of(x):
         yield cast, cast
 
 
+_SWEEP_FLAGS = {"--config": 1, "--index": 1, "--dry-run": 0}
+
+
+def _without_sweep_flags(argv: list[str]) -> list[str]:
+    """``argv`` less ``--config FILE``, ``--index N``, ``--dry-run`` (also ``--flag=value``)."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in _SWEEP_FLAGS:
+            skip = _SWEEP_FLAGS[name] if "=" not in a else 0
+            continue
+        out.append(a)
+    return out
+
+
+def parse_distill_runs(argv: list[str]) -> tuple[list, bool]:
+    """Every run ``jdd distill`` was asked for, fully validated before anything runs.
+
+    Without ``--config``: the one run of the flags. With it: the file's entries
+    (:mod:`jdd.sweep`), each parsed by the same parser as flags (flags beside ``--config``
+    override the file), ``out`` templates filled in, and the output folders checked: distinct,
+    writable, and not holding a run unless ``overwrite``.
+
+    Returns:
+        ``([(method, run_cfg, method_cfg), ...], dry_run)``.
+
+    Raises:
+        CLIError: the first problem of any entry, naming the entry.
+    """
+    from jdd import methods, sweep
+    from jdd.config import fields, to_dict
+    from jdd.rundir import RunFolderError, check_replaceable
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--index", default=None)
+    pre.add_argument("--dry-run", action="store_true")
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is None:
+        if known.index is not None:
+            raise CLIError("--index: needs --config FILE (the sweep to pick an entry from)")
+        runs = [parse_distill(_without_sweep_flags(argv))]
+    else:
+        cli = _without_sweep_flags(argv)
+        try:
+            entries = sweep.select(sweep.expand(sweep.read(known.config), known.config),
+                                   known.index)
+        except sweep.SweepError as e:
+            raise CLIError(str(e)) from None
+        runs = []
+        for i, values in entries:
+            where = f"{known.config} entry {i}"
+            values = dict(values)
+            name = known.method or values.pop("method", None)
+            values.pop("method", None)
+            if name is None:
+                raise CLIError(f"{where}: no method; expected `method: NAME` (one of "
+                               f"{', '.join(methods.names())}) or --method")
+            if name not in methods.names():
+                raise CLIError(f"{where}: unknown method {name!r}; valid methods: "
+                               f"{', '.join(methods.names())}")
+            valid = {f.name for cls in (methods.RunConfig, methods.get(name).config)
+                     for f, _, meta in fields(cls) if meta.get("cli", True)}
+            unknown = sorted(set(values) - valid)
+            if unknown:
+                raise CLIError(f"{where}: unknown option(s) {', '.join(unknown)} for --method "
+                               f"{name}; valid: {', '.join(sorted(valid))}")
+            try:
+                tokens = sweep.to_argv(values)
+            except sweep.SweepError as e:
+                raise CLIError(f"{where}: {e}") from None
+            try:
+                method, rc, cfg = parse_distill(["--method", name] + tokens + cli)
+            except CLIError as e:
+                raise CLIError(f"{where}: {e}") from None
+            try:
+                out = sweep.format_out(rc.out, {"method": name, **to_dict(rc), **to_dict(cfg)},
+                                       i)
+            except sweep.SweepError as e:
+                raise CLIError(f"{where}: {e}") from None
+            runs.append((method, dataclasses.replace(rc, out=out), cfg))
+    outs = [os.path.abspath(rc.out) for _, rc, _ in runs]
+    for (_, rc, _), path in zip(runs, outs):
+        if outs.count(path) > 1:
+            raise CLIError(f"--out {rc.out}: {outs.count(path)} entries of the sweep write "
+                           "there; expected one folder per run (use {index} or option names "
+                           "in out, e.g. out: runs/{method}-ipc{ipc}-{index})")
+        check_output_folder(rc.out)
+        if len(runs) > 1:
+            try:
+                check_replaceable(path, rc.overwrite)
+            except RunFolderError as e:
+                raise CLIError(str(e)) from None
+    return runs, known.dry_run
+
+
+def resolved_config(method, rc, cfg, steps: int | None = None) -> dict:
+    """The fully resolved options of a run, in the order of ``jdd distill --help``, with the
+    step count filled in (what ``RUN/config.yaml`` holds)."""
+    from jdd.config import to_dict
+    values = {"method": method.name, **to_dict(rc), **to_dict(cfg)}
+    values["steps"] = steps if steps is not None else (
+        rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc))
+    return values
+
+
 def cmd_distill(argv: list[str]) -> int:
+    from jdd import sweep
     from jdd.rundir import RunFolderError, RunWriter
-    method, rc, cfg = parse_distill(argv)
-    check_output_folder(rc.out)
-    try:
-        with RunWriter(rc.out, overwrite=rc.overwrite, command="jdd distill") as writer:
-            return _distill_into(writer, method, rc, cfg)
-    except RunFolderError as e:
-        raise CLIError(str(e)) from None
+    runs, dry_run = parse_distill_runs(argv)
+    if dry_run:
+        for i, (method, rc, cfg) in enumerate(runs):
+            print(f"--- # run {i + 1} of {len(runs)}")
+            print(sweep.dump(resolved_config(method, rc, cfg)), end="")
+        return 0
+    failed = []
+    for i, (method, rc, cfg) in enumerate(runs):
+        if len(runs) > 1:
+            _say(rc.quiet, f"=== run {i + 1} of {len(runs)}: --method {method.name} --out "
+                           f"{rc.out}")
+        try:
+            with RunWriter(rc.out, overwrite=rc.overwrite, command="jdd distill") as writer:
+                _distill_into(writer, method, rc, cfg)
+        except RunFolderError as e:
+            if len(runs) == 1:
+                raise CLIError(str(e)) from None
+            failed.append((rc.out, str(e)))
+        except CLIError as e:
+            if len(runs) == 1:
+                raise
+            print(f"jdd distill: run {i + 1} ({rc.out}) failed: {e}", file=sys.stderr)
+            failed.append((rc.out, str(e)))
+    if failed:
+        raise CLIError(f"{len(failed)} of {len(runs)} runs failed: "
+                       + "; ".join(out for out, _ in failed))
+    return 0
 
 
 def _distill_into(writer, method, rc, cfg) -> int:
@@ -377,6 +520,7 @@ def _distill_into(writer, method, rc, cfg) -> int:
     try:
         save_distilled(writer.path("distilled.npz"), x, y, lr, pre, meta, run.stored)
         write_json(writer.path("metrics.json"), metrics)
+        _write_config(writer.path("config.yaml"), resolved_config(method, rc, cfg, steps))
         _save_pictures(os.path.dirname(writer.path("metrics.json")), x, y, pre, run,
                        train.feature_shape, method.name)
         writer.commit(method=method.name, dataset=rc.dataset, ipc=rc.ipc)
@@ -384,6 +528,15 @@ def _distill_into(writer, method, rc, cfg) -> int:
         raise CLIError(f"could not write the results to {rc.out}: {e}") from None
     _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png, manifest.json")
     return 0
+
+
+def _write_config(path: str, values: dict) -> None:
+    from jdd import __version__, sweep
+    from jdd.artifacts import atomic_write
+    header = (f"jdd {__version__}: the resolved options of this run. Reproduce it with\n"
+              "  jdd distill --config RUN/config.yaml --out NEW_FOLDER")
+    with atomic_write(path, "w") as f:
+        f.write(sweep.dump(values, header))
 
 
 def _check_before_loading(rc, cfg, steps: int) -> None:
