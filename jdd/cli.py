@@ -226,6 +226,9 @@ def distill_parser(method_name: str | None) -> argparse.ArgumentParser:
                    "SGE_TASK_ID, LSB_JOBINDEX, AWS_BATCH_JOB_ARRAY_INDEX, JDD_SWEEP_INDEX)")
     g.add_argument("--dry-run", action="store_true", help="check every entry and print the "
                    "resolved configs as YAML; load and run nothing")
+    g.add_argument("--resume", metavar="OUT", help="continue the interrupted run that was "
+                   "writing to OUT from its newest checkpoint in OUT.ckpt (written with "
+                   "--checkpoint-every); its options come from there (only --quiet may be added)")
     add_arguments(p.add_argument_group("run"), methods.RunConfig)
     if method_name is not None:
         m = methods.get(method_name)
@@ -294,7 +297,7 @@ def _precision_of(x):
         yield cast, cast
 
 
-_SWEEP_FLAGS = {"--config": 1, "--index": 1, "--dry-run": 0}
+_SWEEP_FLAGS = {"--config": 1, "--index": 1, "--dry-run": 0, "--resume": 1}
 
 
 def _without_sweep_flags(argv: list[str]) -> list[str]:
@@ -320,8 +323,11 @@ def parse_distill_runs(argv: list[str]) -> tuple[list, bool]:
     override the file), ``out`` templates filled in, and the output folders checked: distinct,
     writable, and not holding a run unless ``overwrite``.
 
+    With ``--resume OUT``: the one run whose checkpoints are in ``OUT.ckpt``, with the options
+    saved there.
+
     Returns:
-        ``([(method, run_cfg, method_cfg), ...], dry_run)``.
+        ``([(method, run_cfg, method_cfg), ...], dry_run, resume)``.
 
     Raises:
         CLIError: the first problem of any entry, naming the entry.
@@ -334,7 +340,22 @@ def parse_distill_runs(argv: list[str]) -> tuple[list, bool]:
     pre.add_argument("--index", default=None)
     pre.add_argument("--dry-run", action="store_true")
     pre.add_argument("--method", default=None)
+    pre.add_argument("--resume", default=None)
     known, _ = pre.parse_known_args(argv)
+    if known.resume is not None:
+        from jdd.checkpoint import folder_of
+        extra = [a for a in _without_sweep_flags(argv) if a not in ("--quiet", "--no-quiet")]
+        if known.config is not None or known.index is not None or extra:
+            raise CLIError(f"--resume takes the run's options from its checkpoints; expected "
+                           f"no other options (but --quiet); got {' '.join(extra) or '--config'}")
+        path = os.path.join(folder_of(known.resume), "config.yaml")
+        if not os.path.isfile(path):
+            raise CLIError(f"--resume {known.resume}: no checkpoints at "
+                           f"{folder_of(known.resume)} (a run writes them with "
+                           "--checkpoint-every N)")
+        quiet = [a for a in argv if a in ("--quiet", "--no-quiet")]
+        runs, _, _ = parse_distill_runs(["--config", path, "--out", known.resume] + quiet)
+        return runs, known.dry_run, True
     if known.config is None:
         if known.index is not None:
             raise CLIError("--index: needs --config FILE (the sweep to pick an entry from)")
@@ -390,7 +411,7 @@ def parse_distill_runs(argv: list[str]) -> tuple[list, bool]:
                 check_replaceable(path, rc.overwrite)
             except RunFolderError as e:
                 raise CLIError(str(e)) from None
-    return runs, known.dry_run
+    return runs, known.dry_run, False
 
 
 def resolved_config(method, rc, cfg, steps: int | None = None) -> dict:
@@ -406,7 +427,7 @@ def resolved_config(method, rc, cfg, steps: int | None = None) -> dict:
 def cmd_distill(argv: list[str]) -> int:
     from jdd import sweep
     from jdd.rundir import RunFolderError, RunWriter
-    runs, dry_run = parse_distill_runs(argv)
+    runs, dry_run, resume = parse_distill_runs(argv)
     if dry_run:
         for i, (method, rc, cfg) in enumerate(runs):
             print(f"--- # run {i + 1} of {len(runs)}")
@@ -418,8 +439,9 @@ def cmd_distill(argv: list[str]) -> int:
             _say(rc.quiet, f"=== run {i + 1} of {len(runs)}: --method {method.name} --out "
                            f"{rc.out}")
         try:
-            with RunWriter(rc.out, overwrite=rc.overwrite, command="jdd distill") as writer:
-                _distill_into(writer, method, rc, cfg)
+            with RunWriter(rc.out, overwrite=rc.overwrite or resume,
+                           command="jdd distill") as writer:
+                _distill_into(writer, method, rc, cfg, resume)
         except RunFolderError as e:
             if len(runs) == 1:
                 raise CLIError(str(e)) from None
@@ -435,7 +457,32 @@ def cmd_distill(argv: list[str]) -> int:
     return 0
 
 
-def _distill_into(writer, method, rc, cfg) -> int:
+def _checkpoints_for(method, rc, cfg, steps: int, resume: bool):
+    """The run's :class:`jdd.checkpoint.RunCheckpoints` (None without checkpoints), its identity
+    checked against the options before any data is loaded."""
+    from jdd.checkpoint import CheckpointError, RunCheckpoints, folder_of, identity
+    if not (rc.checkpoint_every or resume):
+        return None, None
+    if method.run is not None:
+        raise CLIError(f"--checkpoint-every: --method {method.name} is not iterative (it runs "
+                       "in one piece), so it has nothing to checkpoint")
+    ck = RunCheckpoints(folder_of(rc.out), rc.checkpoint_every)
+    ident = identity(resolved_config(method, rc, cfg, steps), None)
+    try:
+        if resume:
+            ck.check_options(ident)
+        elif ck.exists():
+            if not rc.overwrite:
+                raise CLIError(f"{ck.folder} holds the checkpoints of an interrupted run; "
+                               f"continue it with `jdd distill --resume {rc.out}`, or pass "
+                               "--overwrite to discard them")
+            ck.remove()
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    return ck, ident
+
+
+def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
     """The body of ``jdd distill``: distil, evaluate, and write the run through ``writer``."""
     import jax
     import numpy as np
@@ -448,7 +495,21 @@ def _distill_into(writer, method, rc, cfg) -> int:
 
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
     _check_before_loading(rc, cfg, steps)
+    ck, ident = _checkpoints_for(method, rc, cfg, steps, resume)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
+    resumed_from = None
+    if ck is not None:
+        from jdd import sweep
+        from jdd.checkpoint import CheckpointError, data_fingerprint
+        fingerprint = data_fingerprint(train.x, train.y)
+        try:
+            if resume:
+                ck.check_data(fingerprint)
+            else:
+                ck.start({**ident, "data_sha256": fingerprint},
+                         sweep.dump(resolved_config(method, rc, cfg, steps)))
+        except CheckpointError as e:
+            raise CLIError(str(e)) from None
     try:
         check_ipc(np.asarray(train.y), train.num_classes, rc.ipc, train.name)
     except DataError as e:
@@ -466,8 +527,14 @@ def _distill_into(writer, method, rc, cfg) -> int:
             run = method.run(cfg, spec, train, keys, not rc.quiet)
         else:
             plan = method.build(cfg, spec)
-            r = distill(plan.distiller, keys, train, steps, log_every=rc.log_every,
-                        progress=not rc.quiet, desc=f"{method.name} ipc={rc.ipc} seeds={rc.seeds}")
+            state = prior = None
+            if resume:
+                state, prior, resumed_from = _restore(ck, plan.distiller, keys, train)
+                _say(rc.quiet, f"resuming from the checkpoint of step {resumed_from} of {steps}")
+            r = distill(plan.distiller, keys, train, steps - (resumed_from or 0),
+                        log_every=rc.log_every, progress=not rc.quiet,
+                        desc=f"{method.name} ipc={rc.ipc} seeds={rc.seeds}", state=state,
+                        checkpoints=ck, prior=prior)
             stored = None
             if plan.distiller.stored is not None:
                 stored = {k: np.asarray(v)
@@ -496,6 +563,8 @@ def _distill_into(writer, method, rc, cfg) -> int:
                "steps": steps, "distill_seconds": run.seconds, "run_config": to_dict(rc),
                "images_per_class": x.shape[1] // train.num_classes, "config": run.info,
                "storage": set_storage(x, y, lr, hard, train.n, run.stored), **run.extra}
+    if resumed_from is not None:
+        metrics["resumed_from_step"] = resumed_from   # distill_seconds: this session's part
     if run.history:
         metrics["history"] = {"steps": np.asarray(run.steps_logged).tolist(),
                               **{k: np.asarray(v).tolist() for k, v in run.history.items()}}
@@ -526,8 +595,26 @@ def _distill_into(writer, method, rc, cfg) -> int:
         writer.commit(method=method.name, dataset=rc.dataset, ipc=rc.ipc)
     except (OSError, ValueError) as e:
         raise CLIError(f"could not write the results to {rc.out}: {e}") from None
+    if ck is not None:
+        ck.remove()
     _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png, manifest.json")
     return 0
+
+
+def _restore(ck, distiller, keys, train):
+    """``(state, (history, steps_logged), step)`` of the newest checkpoint of a run."""
+    import jax
+    import numpy as np
+    from jdd.checkpoint import CheckpointError
+    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
+    template = jax.eval_shape(jax.vmap(distiller.init, in_axes=(0, None)), init_keys, train)
+    try:
+        state, history, logged = ck.restore(template)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    from jdd.distill.core import _step_of
+    step = int(np.asarray(jax.device_get(_step_of(state))).reshape(-1)[0])
+    return state, (history, logged), step
 
 
 def _write_config(path: str, values: dict) -> None:

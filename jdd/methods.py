@@ -405,6 +405,10 @@ class RunConfig:
                                        "--n-models; fewer saves time on a large dataset)",
                                        ge=1, le=10000)
     eval: bool = opt(True, "evaluate the set and both baselines (--no-eval: skip)")
+    checkpoint_every: int | None = opt(None, "write a checkpoint of the whole state every N "
+                                       "steps into OUT.ckpt (and on SIGTERM/SIGINT); continue a "
+                                       "killed run with --resume OUT (none: no checkpoints)",
+                                       ge=1, le=10**8)
 
     def check(self):
         if not self.out:

@@ -156,7 +156,8 @@ def test_distill_writes_one_run_id_everywhere_and_overwrite_clears_stale_files(t
     assert "already holds the jdd distill run" in err and "--overwrite" in err
     assert main([*TINY, "--out", str(out), "--seed", "1", "--overwrite", "--no-eval"]) == 0
     names = sorted(os.listdir(out))
-    assert names == ["distilled.npz", "distilled.png", "loss.png", MANIFEST, "metrics.json"]
+    assert names == ["config.yaml", "distilled.npz", "distilled.png", "loss.png", MANIFEST,
+                     "metrics.json"]
     m = json.loads((out / MANIFEST).read_text())
     assert json.loads((out / "metrics.json").read_text())["run_id"] == m["run_id"]
     assert load_distilled(out).meta["run_id"] == m["run_id"]

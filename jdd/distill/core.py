@@ -214,7 +214,8 @@ class RunResult(NamedTuple):
 
 def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
             log_every: int = 50, progress: bool = True, desc: str = "distill",
-            state: Any = None) -> RunResult:
+            state: Any = None, checkpoints: Any = None,
+            prior: tuple[dict, list] | None = None) -> RunResult:
     """Initialise and run a distiller, for one seed or many seeds in one vmapped computation.
 
     ``key`` is a single PRNG key (one seed) or a stack of keys with shape (seeds,) (typed keys) or
@@ -238,6 +239,18 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         desc: progress bar label.
         state: continue from this state (``RunResult.state`` of a run with the same ``key``,
             distiller and data) instead of initialising; ``None`` initialises.
+        checkpoints: a :class:`jdd.checkpoint.RunCheckpoints`: the state is saved when a
+            checkpoint is due after a chunk, and once more when SIGINT/SIGTERM arrives (the last
+            completed chunk's state) before the interrupt propagates. Only finite states are
+            saved.
+        prior: ``(history, steps_logged)`` of the run ``state`` continues (as
+            :meth:`jdd.checkpoint.RunCheckpoints.restore` returns them): the result's history
+            then covers the whole run.
+
+    Raises:
+        FloatingPointError: the loss or the state became NaN/inf; the message names the step
+            (the chunk's steps for the state) and the likely causes. Nothing is checkpointed
+            from that chunk on.
 
     Returns:
         A :class:`RunResult` (``history`` and ``steps_logged`` cover this call's steps;
@@ -267,14 +280,18 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         done = int(step.reshape(-1)[0])
     n_full, rem = divmod(steps, log_every)
     chunks = [log_every] * n_full + ([rem] if rem else [])
-    history: dict[str, list] = {}
-    logged = []
+    history: dict[str, list] = {k: list(v) for k, v in (prior[0] if prior else {}).items()}
+    logged = list(prior[1]) if prior else []
     from jdd.console import raise_if_interrupted
+    from jdd.rundir import signals_deferred
     bar = _progress_bar(steps, desc, progress)
+    good = state                      # the newest state known to be finite
     try:
         for n in chunks:
-            state, metrics = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
-            metrics = jax.device_get(metrics)
+            new, metrics, finite = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
+            metrics, finite = jax.device_get((metrics, finite))
+            _check_finite(metrics, bool(np.all(finite)), done, n)
+            state = good = new
             done += n
             logged.append(done)
             for name, v in metrics.items():
@@ -283,8 +300,15 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
                 loss = np.mean(history["loss"][-1]) if "loss" in history else float("nan")
                 bar.set_postfix(loss=f"{loss:.4g}")
                 bar.update(n)
-            _check_finite(history, done)
+            if checkpoints is not None and checkpoints.due(done):
+                with signals_deferred():
+                    checkpoints.save(good, history, logged)
             raise_if_interrupted()  # the `jdd` command's signal, if its interrupt was lost
+    except KeyboardInterrupt:
+        if checkpoints is not None:
+            with signals_deferred():
+                _save_on_interrupt(checkpoints, good, history, logged)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -300,7 +324,10 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
 def _compiled_chunk(distiller: Distiller, n: int, batched: bool):
     """Jitted ``n``-step chunk (vmapped over seeds when ``batched``), cached per distiller so
     repeated :func:`distill` calls with the same distiller reuse jax's compilation cache."""
-    f = lambda s, k, d: scan_steps(distiller, s, k, d, n)  # noqa: E731
+    def f(s, k, d):
+        s, metrics = scan_steps(distiller, s, k, d, n)
+        return s, metrics, _all_finite(s)
+
     if batched:
         f = jax.vmap(f, in_axes=(0, 0, None))
     return jax.jit(f)
@@ -312,12 +339,38 @@ def _compiled_init(distiller: Distiller, batched: bool):
     return jax.jit(init)
 
 
-def _check_finite(history: dict, step: int) -> None:
-    loss = history.get("loss")
-    if loss is not None and not np.all(np.isfinite(loss[-1])):
-        raise FloatingPointError(
-            f"the outer loss became NaN/inf by step {step}; lower the outer learning rate, the "
-            "initial inner learning rate, or the number of inner steps.")
+def _all_finite(state) -> jax.Array:
+    """() bool: every floating leaf of ``state`` is finite."""
+    flags = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(state)
+             if jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
+_CAUSES = ("lower the outer learning rate (--lr, --lr-img), the initial inner learning rate, "
+           "or the number of inner steps; with learned soft labels, a smaller label "
+           "initialisation (a sharper label temperature) can overflow too")
+
+
+def _check_finite(metrics: dict, state_finite: bool, done: int, n: int) -> None:
+    """Raise FloatingPointError naming the first step whose loss is NaN/inf (steps ``done + 1 ..
+    done + n`` just ran), or the chunk whose final state is not finite."""
+    loss = metrics.get("loss")
+    if loss is not None:
+        bad = ~np.isfinite(np.asarray(loss)).reshape(-1, n).all(axis=0)     # per step
+        if bad.any():
+            step = done + 1 + int(np.argmax(bad))
+            raise FloatingPointError(f"the outer loss became NaN/inf at step {step}; {_CAUSES}.")
+    if not state_finite:
+        raise FloatingPointError(f"the synthetic set (or the method's state) became NaN/inf "
+                                 f"during steps {done + 1}..{done + n}; {_CAUSES}.")
+
+
+def _save_on_interrupt(checkpoints, state, history, logged) -> None:
+    """The last checkpoint when a signal arrives: the newest finite state (never a cut chunk)."""
+    import sys
+    step = checkpoints.save(state, history, logged)
+    print(f"\ninterrupted: checkpoint of step {step} written to {checkpoints.folder}",
+          file=sys.stderr, flush=True)
 
 
 def _is_key_batch(key) -> bool:
