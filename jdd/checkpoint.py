@@ -34,7 +34,7 @@ import numpy as np
 
 #: Options that do not change a run's result (and may differ on resume).
 OUTPUT_ONLY = ("out", "overwrite", "quiet", "log_every", "checkpoint_every", "eval",
-               "n_models", "full_data_models", "data_dir")
+               "n_models", "full_data_models", "data_dir", "mesh")
 
 
 class CheckpointError(ValueError):

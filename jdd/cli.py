@@ -495,6 +495,7 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
 
     steps = rc.steps if rc.steps is not None else method.default_steps(cfg, rc.ipc)
     _check_before_loading(rc, cfg, steps)
+    _mesh_of(rc, None)                    # the devices and the seeds, before any data
     ck, ident = _checkpoints_for(method, rc, cfg, steps, resume)
     train, test, pre = _load_data(rc.dataset, rc.data_dir, rc.preprocess, rc.zca_reg, rc.quiet)
     resumed_from = None
@@ -527,6 +528,7 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
             run = method.run(cfg, spec, train, keys, not rc.quiet)
         else:
             plan = method.build(cfg, spec)
+            mesh = _mesh_of(rc, train.n)
             state = prior = None
             if resume:
                 state, prior, resumed_from = _restore(ck, plan.distiller, keys, train)
@@ -534,14 +536,15 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
             r = distill(plan.distiller, keys, train, steps - (resumed_from or 0),
                         log_every=rc.log_every, progress=not rc.quiet,
                         desc=f"{method.name} ipc={rc.ipc} seeds={rc.seeds}", state=state,
-                        checkpoints=ck, prior=prior)
+                        checkpoints=ck, prior=prior, mesh=mesh)
             stored = None
             if plan.distiller.stored is not None:
                 stored = {k: np.asarray(v)
                           for k, v in jax.vmap(plan.distiller.stored)(r.state).items()}
+            from jdd.mesh import describe
             run = methods.MethodRun(r.synthetic.x, r.synthetic.y, r.synthetic.lr, r.seconds,
-                                    plan.learner, r.history, r.steps_logged, plan.info, {},
-                                    stored)
+                                    plan.learner, r.history, r.steps_logged, plan.info,
+                                    {"mesh": describe(mesh)}, stored)
     except (ConfigError, DataError) as e:
         raise CLIError(str(e)) from None
     except FloatingPointError as e:
@@ -599,6 +602,20 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
         ck.remove()
     _say(rc.quiet, f"wrote {rc.out}/distilled.npz, metrics.json, distilled.png, manifest.json")
     return 0
+
+
+def _mesh_of(rc, n_data):
+    """The run's device mesh (:mod:`jdd.mesh`); with ``n_data`` None only the devices and the
+    seeds are checked (before any data is loaded). Notes about idle devices are printed."""
+    from jdd.mesh import MeshError, make_mesh
+    try:
+        mesh, notes = make_mesh(rc.mesh, rc.seeds, n_data)
+    except MeshError as e:
+        raise CLIError(str(e)) from None
+    if n_data is not None:
+        for note in notes:
+            _say(rc.quiet, note)
+    return mesh
 
 
 def _restore(ck, distiller, keys, train):

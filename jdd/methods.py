@@ -405,6 +405,8 @@ class RunConfig:
                                        "--n-models; fewer saves time on a large dataset)",
                                        ge=1, le=10000)
     eval: bool = opt(True, "evaluate the set and both baselines (--no-eval: skip)")
+    mesh: str = opt("auto", "device mesh (jdd.mesh): auto (every device: seeds split first, "
+                    "then the training examples), seeds=S,data=D, or SxD")
     checkpoint_every: int | None = opt(None, "write a checkpoint of the whole state every N "
                                        "steps into OUT.ckpt (and on SIGTERM/SIGINT); continue a "
                                        "killed run with --resume OUT (none: no checkpoints)",
@@ -413,3 +415,8 @@ class RunConfig:
     def check(self):
         if not self.out:
             raise ConfigError("--out: expected an output folder; got nothing")
+        from jdd.mesh import MeshError, parse
+        try:
+            parse(self.mesh)
+        except MeshError as e:
+            raise ConfigError(str(e)) from None

@@ -215,7 +215,7 @@ class RunResult(NamedTuple):
 def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
             log_every: int = 50, progress: bool = True, desc: str = "distill",
             state: Any = None, checkpoints: Any = None,
-            prior: tuple[dict, list] | None = None) -> RunResult:
+            prior: tuple[dict, list] | None = None, mesh: Any = None) -> RunResult:
     """Initialise and run a distiller, for one seed or many seeds in one vmapped computation.
 
     ``key`` is a single PRNG key (one seed) or a stack of keys with shape (seeds,) (typed keys) or
@@ -246,6 +246,10 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         prior: ``(history, steps_logged)`` of the run ``state`` continues (as
             :meth:`jdd.checkpoint.RunCheckpoints.restore` returns them): the result's history
             then covers the whole run.
+        mesh: a ``jax.sharding.Mesh`` with axes ``("seeds", "data")``
+            (:func:`jdd.mesh.make_mesh`): the seeds' states and keys are placed along
+            ``"seeds"`` and the real data's examples along ``"data"``; XLA partitions the
+            jitted chunks accordingly. None: jax's default placement (one device).
 
     Raises:
         FloatingPointError: the loss or the state became NaN/inf; the message names the step
@@ -268,6 +272,14 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         init_keys, run_keys = jax.random.split(key)
 
     t0 = time.perf_counter()
+    if mesh is not None:
+        from jdd.mesh import put_data, put_seeds
+        if not batched and dict(mesh.shape)["seeds"] != 1:
+            raise ValueError(f"mesh: one key (one seed) needs a seeds axis of 1; got "
+                             f"{dict(mesh.shape)}")
+        data = put_data(data, mesh)
+        if batched:
+            init_keys, run_keys = put_seeds(init_keys, mesh), put_seeds(run_keys, mesh)
     if state is None:
         state = _compiled_init(distiller, batched)(init_keys, data)
         done = 0
@@ -278,6 +290,8 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
                              + (f"({len(run_keys)},) for {len(run_keys)} keys" if batched
                                 else "() for one key"))
         done = int(step.reshape(-1)[0])
+    if mesh is not None and batched:
+        state = put_seeds(state, mesh)
     n_full, rem = divmod(steps, log_every)
     chunks = [log_every] * n_full + ([rem] if rem else [])
     history: dict[str, list] = {k: list(v) for k, v in (prior[0] if prior else {}).items()}
