@@ -22,6 +22,7 @@ Usage::
     python benchmarks/interop.py --quick           # tiny steps, 2 methods (minutes)
     python benchmarks/interop.py                   # the plan below (hours on a 2-core CPU)
     python benchmarks/interop.py --only dc:1,dm    # some rows; rows of earlier runs are kept
+    python benchmarks/interop.py --plan cpu        # DM at 500 / 300 steps (a 2-core budget)
 
 Writes results/interop.json (and the report of every run: results/interop_report.md / .png).
 """
@@ -52,6 +53,10 @@ PLAN = [
     ("dm", 1, ["--steps", "2000"]), ("dm", 10, ["--steps", "1000"]),
     ("mtt", 1, ["--steps", "500"]), ("mtt", 10, ["--steps", "500"]),
 ]
+#: ``--plan cpu``: DM with the step counts of the matching benchmark's Fashion-MNIST CPU plan
+#: (500 at IPC 1, 300 at IPC 10) so that the whole table fits a 2-core session; the rest as PLAN.
+PLAN_CPU = [(m, i, {("dm", 1): ["--steps", "500"], ("dm", 10): ["--steps", "300"]}.get((m, i), f))
+            for m, i, f in PLAN]
 QUICK = [("unrolled", 10, ["--steps", "3", "--inner-steps", "3", "--hidden", "16"]),
          ("dm", 10, ["--steps", "3", "--eval-epochs", "3", "--full-data-epochs", "1"])]
 
@@ -226,6 +231,8 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
 
 
 def _extra(p):
+    p.add_argument("--plan", choices=("full", "cpu"), default="full",
+                   help="full: the matching benchmark's digits steps; cpu: DM shortened (below)")
     p.add_argument("--only", default=None, help="rows: method or method:ipc, comma-separated")
     p.add_argument("--seeds", type=positive, default=2)
     p.add_argument("--n-models", type=positive, default=3)
@@ -235,7 +242,7 @@ def _extra(p):
 
 def main(argv=None) -> int:
     args = parse_args("interop", __doc__.splitlines()[0], _extra, argv)
-    plan = QUICK if args.quick else PLAN
+    plan = QUICK if args.quick else (PLAN_CPU if args.plan == "cpu" else PLAN)
     if args.only:
         keep = set(args.only.split(","))
         plan = [p for p in plan if p[0] in keep or f"{p[0]}:{p[1]}" in keep]
