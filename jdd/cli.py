@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     from jdd.interop import commands
     commands.add_parsers(sub)
     commands.add_report_parser(sub)
+    from jdd import continual
+    continual.add_parser(sub)
     sub.add_parser("methods", help="list methods, datasets, models and kernels")
     return p
 
@@ -1062,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv else None
     try:
         if command in ("distill", "evaluate", "experts", "methods", "export", "import",
-                       "report"):
+                       "report", "continual"):
             _preload()
         if command == "distill":
             rest = argv[1:]
@@ -1082,9 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.command is None:
             parser.print_help()
             return 2
-        from jdd import experts
+        from jdd import continual, experts
         from jdd.interop import commands
-        return {"evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd,
+        return {"continual": continual.cmd, "evaluate": cmd_evaluate, "methods": cmd_methods, "experts": experts.cmd,
                 "export": commands.cmd_export, "import": commands.cmd_import,
                 "report": commands.cmd_report}[a.command](a)
     except CLIError as e:

@@ -1,0 +1,92 @@
+"""jdd continual (class-incremental learning with distilled memories): task splits, herding,
+equal storage per class across memories, and a tiny run end to end through the CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jdd.cli import main
+from jdd.continual import herding, subset, task_split
+from jdd.data import Dataset
+
+
+def test_task_split_fixed_random_and_refused():
+    assert task_split(10, 5) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    a = task_split(10, 5, jax.random.key(3))
+    assert sorted(c for t in a for c in t) == list(range(10)) and a != task_split(10, 5)
+    assert a == task_split(10, 5, jax.random.key(3))
+    with pytest.raises(ValueError, match="the 10 classes do not split evenly"):
+        task_split(10, 3)
+
+
+def test_subset_keeps_the_classes_and_relabels_them_in_task_order():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    ds = Dataset.from_arrays(x, np.array([0, 1, 2, 3, 2, 3]), 4, "t")
+    s = subset(ds, [3, 2], relabel=True)
+    np.testing.assert_array_equal(np.asarray(s.y), [1, 0, 1, 0])     # 3 -> 0, 2 -> 1 ... in order
+    np.testing.assert_array_equal(np.asarray(s.x), x[[2, 3, 4, 5]])
+    assert s.num_classes == 2
+    s = subset(ds, [3, 2], relabel=False)
+    np.testing.assert_array_equal(np.asarray(s.y), [2, 3, 2, 3])
+    assert s.num_classes == 4
+
+
+def test_herding_tracks_the_mean_better_than_random_picks():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(200, 5)) + rng.normal(size=5)
+    idx = herding(f, 10)
+    assert len(set(idx.tolist())) == 10
+    # the first pick is the row nearest the mean; the greedy step is written out for the second
+    mu = f.mean(0)
+    assert idx[0] == np.argmin(np.sum((f - mu) ** 2, 1))
+    cand = np.sum(((f[idx[0]] + f) / 2 - mu) ** 2, 1)
+    cand[idx[0]] = np.inf
+    assert idx[1] == np.argmin(cand)
+    err = np.linalg.norm(f[idx].mean(0) - mu)
+    rand = [np.linalg.norm(f[rng.choice(200, 10, replace=False)].mean(0) - mu)
+            for _ in range(200)]
+    assert err < np.min(rand)
+    assert sorted(herding(f[:7], 7).tolist()) == list(range(7))
+
+
+def test_continual_run_end_to_end(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 12)
+    x = rng.normal(size=(48, 8, 8, 1)).astype(np.float32) + y[:, None, None, None]
+    path = tmp_path / "toy.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x[::2], y_test=y[::2])
+    out = tmp_path / "cl"
+    assert main(["continual", "--dataset", "npz", "--data-dir", str(path), "--tasks", "2",
+                 "--ipc", "2", "--rank", "2", "--width", "8", "--eval-epochs", "3",
+                 "--dm-steps", "2", "--dc-iterations", "1", "--seeds", "2", "--n-models", "1",
+                 "--class-order", "random", "--out", str(out), "--quiet"]) == 0
+    r = json.loads((out / "continual.json").read_text())
+    assert (out / "continual.png").stat().st_size > 0
+    assert len(r["tasks"]) == 2 and all(len(s) == 2 for s in r["tasks"])
+    assert set(r["memories"]) == {"random", "herding", "dm", "dm-low-rank", "dc"}
+    for kind, m in r["memories"].items():
+        a = np.asarray(m["accuracy"])
+        assert a.shape == (2, 2) and np.all((a >= 0) & (a <= 1))
+        np.testing.assert_allclose(m["mean"], a.mean())
+        # equal storage: 2 images of 8x8x1 per class, whatever the memory
+        assert m["storage_per_class"]["inputs_floats"] == 2 * 64
+    # 8x8 at rank 2 and a budget of 2: floor(2 * 64 / 32) = 4 images per class
+    assert r["memories"]["dm-low-rank"]["storage_per_class"]["images"] == 4
+    assert r["memories"]["dm"]["storage_per_class"]["images"] == 2
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--tasks", "3"], "the 10 classes do not split evenly"),
+    (["--memories", "random,gold"], "--memories: expected names from"),
+    (["--ipc", "1", "--rank", "5"], "expected a rank <= 4"),
+    (["--eval-epochs", "0"], "--eval-epochs: expected"),
+])
+def test_bad_continual_options_are_refused_before_loading(argv, msg, tmp_path, capsys,
+                                                          monkeypatch):
+    import jdd.cli as cli
+    monkeypatch.setattr(cli, "_load_data", lambda *a, **k: pytest.fail("data were loaded"))
+    assert main(["continual", *argv, "--out", str(tmp_path / "o")]) == 2
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
