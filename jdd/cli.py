@@ -426,10 +426,43 @@ def resolved_config(method, rc, cfg, steps: int | None = None) -> dict:
     return values
 
 
+class _DiscardWriter:
+    """The writer of processes other than 0 in a multi-process job: files go to a temporary
+    folder that is removed (only process 0 writes the run)."""
+
+    def __init__(self):
+        import tempfile
+        from jdd.rundir import new_run_id
+        self._tmp = tempfile.mkdtemp(prefix="jdd-discard-")
+        self.run_id = new_run_id()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self._tmp, name)
+
+    def commit(self, **info) -> dict:
+        import shutil
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return {}
+
+
 def cmd_distill(argv: list[str]) -> int:
     from jdd import sweep
+    from jdd.mesh import MeshError, initialize, is_writer
     from jdd.rundir import RunFolderError, RunWriter
+    try:
+        multi = initialize()
+    except MeshError as e:
+        raise CLIError(str(e)) from None
     runs, dry_run, resume = parse_distill_runs(argv)
+    if multi:
+        if any(rc.checkpoint_every for _, rc, _ in runs) or resume:
+            raise CLIError("--checkpoint-every / --resume: not supported in multi-process jobs "
+                           "yet; run without checkpoints")
+        if not is_writer():       # compute its share; write and evaluate nothing
+            for method, rc, cfg in runs:
+                rc = dataclasses.replace(rc, quiet=True, eval=False)
+                _distill_into(_DiscardWriter(), method, rc, cfg)
+            return 0
     if dry_run:
         for i, (method, rc, cfg) in enumerate(runs):
             print(f"--- # run {i + 1} of {len(runs)}")
@@ -541,8 +574,9 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
                         checkpoints=ck, prior=prior, mesh=mesh)
             stored = None
             if plan.distiller.stored is not None:
-                stored = {k: np.asarray(v)
-                          for k, v in jax.vmap(plan.distiller.stored)(r.state).items()}
+                from jdd.mesh import fetch
+                stored = {k: np.asarray(v) for k, v in
+                          fetch(jax.jit(jax.vmap(plan.distiller.stored))(r.state)).items()}
             from jdd.mesh import describe
             run = methods.MethodRun(r.synthetic.x, r.synthetic.y, r.synthetic.lr, r.seconds,
                                     plan.learner, r.history, r.steps_logged, plan.info,

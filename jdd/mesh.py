@@ -17,8 +17,14 @@ A sharded run computes what the single-device run computes: seeds exactly, data-
 reductions up to float reassociation (tested with 8 host devices:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
 
-The mesh spans the devices of this process; multi-process (multi-host) jobs are not supported
-yet.
+Multiple processes (hosts): :func:`initialize` joins a multi-process job described by the
+environment (``JDD_COORDINATOR`` ``host:port`` with ``JDD_NUM_PROCESSES`` and ``JDD_PROCESS_ID``;
+or SLURM with more than one task, Open MPI, or ``JAX_COORDINATOR_ADDRESS``, which
+``jax.distributed.initialize()`` reads itself). The mesh then spans every process's devices;
+arrays are assembled from each process's identical copy of the data
+(:func:`jax.make_array_from_callback`), results are gathered to every process
+(:func:`fetch`), and only process 0 writes files and draws progress (:func:`is_writer`). On CPU
+the processes talk through gloo.
 """
 
 from __future__ import annotations
@@ -138,11 +144,26 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
+def _place(a, sharding):
+    """``a`` (the same value in every process) as a global array with ``sharding``; typed PRNG
+    keys travel as their raw data."""
+    if not hasattr(a, "shape"):
+        return a
+    if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(a)
+        raw = _place(jax.random.key_data(a), sharding)
+        return jax.random.wrap_key_data(raw, impl=impl)
+    if isinstance(a, jax.Array) and a.is_fully_addressable is False:
+        return a                                   # already global
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def put_seeds(tree: Any, mesh: Mesh) -> Any:
     """Place every array leaf of a vmapped (seeds-leading) pytree along ``"seeds"``."""
     sh = seed_sharding(mesh)
-    return jax.tree.map(lambda a: jax.device_put(a, sh) if hasattr(a, "shape") and
-                        np.ndim(a) >= 1 else a, tree)
+    return jax.tree.map(lambda a: _place(a, sh) if hasattr(a, "shape") and np.ndim(a) >= 1
+                        else a, tree)
 
 
 def put_data(data: Any, mesh: Mesh) -> Any:
@@ -153,9 +174,61 @@ def put_data(data: Any, mesh: Mesh) -> Any:
         return data
     n = leaves[0].shape[0]
     sh, rep = data_sharding(mesh), NamedSharding(mesh, P())
-    return jax.tree.map(lambda a: jax.device_put(a, sh if hasattr(a, "shape") and np.ndim(a) >= 1
-                                                 and a.shape[0] == n else rep), data)
+    return jax.tree.map(lambda a: _place(a, sh if hasattr(a, "shape") and np.ndim(a) >= 1
+                                         and a.shape[0] == n else rep), data)
 
 
-__all__ = ["AXES", "MeshError", "MeshSpec", "data_sharding", "describe", "make_mesh", "parse",
-           "put_data", "put_seeds", "seed_sharding"]
+def fetch(tree: Any) -> Any:
+    """Host numpy copies of a pytree's arrays, gathered from every process when they are
+    sharded across processes (``jax.device_get`` otherwise)."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(one(jax.random.key_data(a)),
+                                                impl=jax.random.key_impl(a))
+            return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+        return jax.device_get(a)
+    return jax.tree.map(one, tree)
+
+
+# ----------------------------------------------------------------------------- multiple processes
+
+def initialize(environ=None) -> bool:
+    """Join a multi-process job when the environment describes one (see the module docstring);
+    returns whether it did. Call before anything touches a device.
+
+    Raises:
+        MeshError: ``JDD_COORDINATOR`` without integer ``JDD_NUM_PROCESSES`` /
+            ``JDD_PROCESS_ID``.
+    """
+    import os
+    env = os.environ if environ is None else environ
+    if jax.distributed.is_initialized():
+        return True
+    explicit = env.get("JDD_COORDINATOR")
+    many = (int(env.get("SLURM_NTASKS", "1") or 1) > 1
+            or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+            or bool(env.get("JAX_COORDINATOR_ADDRESS")))
+    if not explicit and not many:
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        try:
+            n, i = int(env["JDD_NUM_PROCESSES"]), int(env["JDD_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise MeshError("JDD_COORDINATOR is set: expected JDD_NUM_PROCESSES and "
+                            "JDD_PROCESS_ID as integers too") from None
+        jax.distributed.initialize(explicit, num_processes=n, process_id=i)
+    else:
+        jax.distributed.initialize()
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes files and draws progress (process 0 of the job)."""
+    return jax.process_index() == 0
+
+
+__all__ = ["AXES", "MeshError", "MeshSpec", "data_sharding", "describe", "fetch", "initialize",
+           "is_writer", "make_mesh", "parse", "put_data", "put_seeds", "seed_sharding"]

@@ -105,3 +105,47 @@ def test_sharded_runs_equal_the_single_device_run(tmp_path):
     assert got["cli mesh"] == "seeds=4 x data=1 (4 cpu devices)"
     assert got["cli data 1347"] == 2            # 1347 digits do not split over data=2
     assert "do not split over 2 devices" in p.stderr
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost_only_process_0_writes(tmp_path):
+    run = ["-m", "jdd", "distill", "--method", "kip", "--ipc", "1", "--seeds", "2", "--steps",
+           "4", "--log-every", "2", "--no-eval", "--quiet"]
+    root = os.path.dirname(os.path.dirname(__file__))
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        scratch = tmp_path / f"tmp{i}"
+        scratch.mkdir()
+        env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "TMPDIR": str(scratch),
+               "JDD_COORDINATOR": f"localhost:{port}", "JDD_NUM_PROCESSES": "2",
+               "JDD_PROCESS_ID": str(i)}
+        env.pop("XLA_FLAGS", None)
+        procs.append(subprocess.Popen(
+            [sys.executable] + run + ["--mesh", "seeds=2,data=1", "--out",
+                                      str(tmp_path / "multi")],
+            env=env, cwd=str(scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    # process 1 wrote nothing (its scratch folder is empty), process 0 the run
+    assert os.listdir(tmp_path / "tmp1") == []
+    m = __import__("json").load(open(tmp_path / "multi" / "metrics.json"))
+    assert m["mesh"].startswith("seeds=2 x data=1 (2 cpu devices")
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.run([sys.executable] + run + ["--out", str(tmp_path / "single")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    from jdd.artifacts import load_distilled
+    import numpy as np
+    a, b = load_distilled(tmp_path / "multi"), load_distilled(tmp_path / "single")
+    np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-5, atol=1e-6)

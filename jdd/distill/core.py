@@ -303,7 +303,7 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     try:
         for n in chunks:
             new, metrics, finite = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
-            metrics, finite = jax.device_get((metrics, finite))
+            metrics, finite = _fetch((metrics, finite))
             _check_finite(metrics, bool(np.all(finite)), done, n)
             state = good = new
             done += n
@@ -330,6 +330,8 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     seconds = time.perf_counter() - t0
     synth_fn = jax.vmap(distiller.synthetic) if batched else distiller.synthetic
     synthetic = jax.jit(synth_fn)(state)
+    if jax.process_count() > 1:        # gathered to every process (the state stays global)
+        synthetic = _fetch(synthetic)
     hist = {k: np.stack(v, axis=-1) for k, v in history.items()}
     return RunResult(state, synthetic, hist, np.asarray(logged, np.int64), seconds)
 
@@ -351,6 +353,14 @@ def _compiled_chunk(distiller: Distiller, n: int, batched: bool):
 def _compiled_init(distiller: Distiller, batched: bool):
     init = jax.vmap(distiller.init, in_axes=(0, None)) if batched else distiller.init
     return jax.jit(init)
+
+
+def _fetch(tree):
+    """Host copies (gathered across processes in a multi-process job)."""
+    if jax.process_count() > 1:
+        from jdd.mesh import fetch
+        return fetch(tree)
+    return jax.device_get(tree)
 
 
 def _all_finite(state) -> jax.Array:
