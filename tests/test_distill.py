@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jdd.data import Dataset, load_digits
-from jdd.distill import bilevel, distill, init_per_class, scan_steps
+from jdd.data import load_digits
+from jdd.distill import bilevel, distill, init_per_class
 from jdd.distill.unrolled import unrolled
 from jdd.models import make_model
 from jdd.train import TrainConfig

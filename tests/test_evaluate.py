@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdd.data import Dataset, load_digits
+from jdd.data import load_digits
 from jdd.evaluate import (EvalResult, evaluate_full_data, evaluate_random_subset, evaluate_set,
                           full_data_config, network_learner)
 from jdd.models import make_model

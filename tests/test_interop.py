@@ -23,7 +23,7 @@ def run(tiny_soft_run):
     return tiny_soft_run
 
 
-def _accuracies(run_dir, capsys):
+def _accuracies(run_dir):
     assert main(["evaluate", str(run_dir), "--n-models", "2", "--no-baselines", "--quiet"]) == 0
     (name,) = [n for n in os.listdir(run_dir) if n.startswith("eval-")]
     return json.loads((run_dir / name).read_text())["result"]["accuracies"]
@@ -55,7 +55,7 @@ def test_export_writes_pixel_space_images_labels_and_recipe(run):
 
 
 def test_export_import_evaluate_round_trip_gives_the_same_accuracy(run, tmp_path, capsys):
-    before = _accuracies(run, capsys)
+    before = _accuracies(run)
     for fmt in ("safetensors", "npz", "png"):
         assert main(["export", str(run), "--format", fmt, "--overwrite", "--quiet"]) == 0
         src = run / f"export-{fmt}" / (f"seed0.{fmt}" if fmt != "png" else "seed0")
@@ -73,7 +73,7 @@ def test_export_import_evaluate_round_trip_gives_the_same_accuracy(run, tmp_path
             assert np.abs(pa - pb).max() <= (hi - lo) / 510 + 1e-6
             continue
         np.testing.assert_allclose(b.x, a.x, atol=1e-5)
-        assert _accuracies(out, capsys) == before       # same models, same numbers
+        assert _accuracies(out) == before       # same models, same numbers
 
 
 def test_pt_files_are_read_weights_only_without_torch():

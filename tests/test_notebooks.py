@@ -4,7 +4,6 @@ Each notebook's first code cell reads ``JDD_NOTEBOOK_QUICK`` and shrinks its set
 saved in the repository come from a normal run.
 """
 
-import os
 import pathlib
 
 import pytest

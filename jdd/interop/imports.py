@@ -193,7 +193,7 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
             raise FormatError(f"{path}: {ik} has dtype {x.dtype}; expected numbers")
         scale = cfg.scale if cfg.scale is not None else (255.0 if x.dtype == np.uint8 else 1.0)
         x = x.astype(np.float32)
-        if hard_given is not labels and hard_given.ndim == 1 and len(hard_given) != len(labels):
+        if "soft_labels" in arrays and hard_given.ndim == 1 and len(hard_given) != len(labels):
             raise FormatError(f"{path}: {lk} has {len(hard_given)} rows but soft_labels "
                               f"{len(labels)}")
     shape, k = SHAPES.get(cfg.dataset, (None, None))
