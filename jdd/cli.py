@@ -618,12 +618,22 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
                   train.feature_shape)
         metrics["result"] = result
         metrics["baselines"] = {"random_subset": rand, "full_data": full}
+        alt_rows = []
+        for name, alt in (run.alt_learners or {}).items():
+            with _precision_of(x) as (tr, te):
+                a_res, a_rand, a_full = evaluate_with_baselines(
+                    alt, jax.random.fold_in(ekey, 77), x, y, lr, tr(train), te(test), rc.ipc,
+                    rc.n_models, rc.full_data_models or rc.n_models, quiet=rc.quiet)
+            metrics.setdefault("alt_results", {})[name] = {
+                "result": a_res, "baselines": {"random_subset": a_rand, "full_data": a_full}}
+            alt_rows += [(f"distilled, {name}", a_res), (f"random subset, {name}", a_rand),
+                         (f"full data, {name}", a_full)]
         metrics["eval_seconds"] = time.perf_counter() - t0
         if not rc.quiet:
             print()
             print(results_table([(f"distilled ({method.name}, ipc {rc.ipc})", result),
                                  (f"random subset (ipc {rc.ipc})", rand),
-                                 ("full data", full)]))
+                                 ("full data", full)] + alt_rows))
     metrics["versions"] = versions()
     try:
         save_distilled(writer.path("distilled.npz"), x, y, lr, pre, meta, run.stored)

@@ -158,7 +158,8 @@ def network_learner(model: Model, cfg: TrainConfig, lr: float = 0.01, *,
 def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size: int = 256,
                      momentum: float = 0.9, weight_decay: float = 5e-4,
                      augment: Callable | None = None, full_data_epochs: int | None = None,
-                     name: str | None = None) -> Learner:
+                     name: str | None = None,
+                     relabel: tuple[str, Callable] | None = None) -> Learner:
     """The DC/DSA/DM/MTT evaluation protocol as a :class:`Learner`.
 
     Each model: fresh init from its key, then ``epochs * ceil(m / batch_size)`` steps of SGD with
@@ -182,6 +183,9 @@ def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size:
         augment: optional ``augment(key, x) -> x`` applied to every minibatch.
         full_data_epochs: epochs of the full-data baseline (default ``epochs``).
         name: description (default from the model and the recipe).
+        relabel: ``(description, fn)``: knowledge distillation, every augmented minibatch's
+            targets are ``fn(xb)`` (a teacher's softmax), for the set AND both baselines
+            (:func:`jdd.train.fit`'s ``relabel``); None: the set's own labels.
 
     Returns:
         A :class:`Learner` whose ``config`` (for metrics.json) holds the model, epochs, lr,
@@ -203,7 +207,8 @@ def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size:
             cfg = protocol_config(x.shape[0], epochs=ep, batch_size=batch_size,
                                   momentum=momentum, weight_decay=weight_decay)
             use = jnp.where(jnp.isfinite(set_lr), set_lr, lr)
-            return init_and_fit(model, key, x, y, use, cfg, augment)
+            return init_and_fit(model, key, x, y, use, cfg, augment,
+                                None if relabel is None else relabel[1])
 
         def acc(params, x, y):
             return accuracy(model, params, x, y)
@@ -215,12 +220,14 @@ def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size:
                   **{k: v for k, v in cfg._asdict().items() if k != "steps" and k != "truncate"},
                   "steps_rule": "epochs * ceil(set size / batch_size)",
                   "schedule_rule": "lr x0.1 from step steps // 2",
-                  **_augment_config(augment)}
+                  **_augment_config(augment),
+                  **({"relabel": relabel[0]} if relabel is not None else {})}
         return Learner(name=label, fit=fit, accuracy=acc, config=config)
 
     def label(ep):
+        kd = f", labels from {relabel[0]}" if relabel is not None else ""
         return (f"{model.name} [sgd-momentum {momentum}, wd {weight_decay:g}, lr {lr:g} step, "
-                f"{ep} epochs, batch {batch_size}, aug {aug}]")
+                f"{ep} epochs, batch {batch_size}, aug {aug}{kd}]")
 
     full = make(full_epochs, label(full_epochs))
     small = make(epochs, name or label(epochs))

@@ -36,6 +36,7 @@ ENTRIES: dict[str, str] = {
     "dsa": "jdd.distill.dc:DSA_METHOD",
     "dm": "jdd.distill.dm:METHOD",
     "mtt": "jdd.distill.mtt:METHOD",
+    "sre2l": "jdd.distill.sre2l:METHOD",
 }
 
 
@@ -290,10 +291,11 @@ class EvalOptions:
     full_data_epochs: int = opt(30, "epochs of the full-data baseline", ge=1, le=100000)
 
 
-def protocol_learner(cfg: EvalOptions, spec: RunSpec, *, paper_augment: bool):
+def protocol_learner(cfg: EvalOptions, spec: RunSpec, *, paper_augment: bool, relabel=None):
     """The evaluation learner of an :class:`EvalOptions` config (used for the distilled set and
     both baselines). ``paper_augment``: whether the method's paper trains evaluation models with
-    DSA augmentation (the meaning of ``eval_augment="auto"``)."""
+    DSA augmentation (the meaning of ``eval_augment="auto"``); ``relabel``: knowledge
+    distillation (see :func:`jdd.evaluate.protocol_learner`)."""
     from jdd.augment import default_strategy, dsa
     from jdd.evaluate import protocol_learner as make
     use = paper_augment if cfg.eval_augment == "auto" else cfg.eval_augment == "dsa"
@@ -304,7 +306,7 @@ def protocol_learner(cfg: EvalOptions, spec: RunSpec, *, paper_augment: bool):
         augment = dsa(default_strategy(spec.dataset), siamese=False)
     model = make_network(cfg, spec.num_classes, prefix="eval_")
     return make(model, epochs=cfg.eval_epochs, lr=cfg.eval_lr, batch_size=cfg.eval_batch_size,
-                augment=augment, full_data_epochs=cfg.full_data_epochs)
+                augment=augment, full_data_epochs=cfg.full_data_epochs, relabel=relabel)
 
 
 def check_dsa_strategy(value: str, *, allow_none: bool = True) -> None:
@@ -363,6 +365,8 @@ class MethodRun(NamedTuple):
         extra: method-specific results for metrics.json.
         stored: name -> (seeds, ...) arrays that store the inputs when they are not ``x``
             (low-rank factors), or None.
+        alt_learners: name -> another :class:`jdd.evaluate.Learner` that also scores the set
+            and both baselines (e.g. SRe2L's hard-label evaluation beside its KD one), or None.
     """
 
     x: Any
@@ -375,6 +379,7 @@ class MethodRun(NamedTuple):
     info: dict
     extra: dict
     stored: dict | None = None
+    alt_learners: dict | None = None
 
 
 _DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "cifar100_coarse", "npz")

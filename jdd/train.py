@@ -168,7 +168,8 @@ def rat_length(key: jax.Array, steps: int, window: int) -> jax.Array:
 
 def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Array,
         key: jax.Array, cfg: TrainConfig = TrainConfig(),
-        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> Any:
+        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        relabel: Callable[[jax.Array], jax.Array] | None = None) -> Any:
     """Train ``params`` on ``(x, targets)`` for ``cfg.steps`` steps; differentiable in x, targets, lr.
 
     With ``memory="rat"`` (RaT-BPTT) the run is ``t = rat_length(key, T, W)`` steps long
@@ -199,6 +200,9 @@ def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Arr
             t)`` at step ``t`` (e.g. jdd.augment's DSA in per-image mode, as in the evaluation
             protocol). None (default) trains exactly as without the argument. Targets are not
             augmented.
+        relabel: optional ``relabel(xb) -> (batch, k)`` targets computed from every (augmented)
+            minibatch, replacing ``targets`` (knowledge distillation: a teacher's soft labels per
+            crop, as SRe2L's evaluation); no gradient flows into it.
 
     Returns:
         The trained parameters.
@@ -229,6 +233,8 @@ def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Arr
                 xb, tb = x[idx], targets[idx]
             if augment is not None:
                 xb = augment(jax.random.fold_in(k_aug, t), xb)
+            if relabel is not None:
+                tb = jax.lax.stop_gradient(relabel(xb)).astype(tb.dtype)
             return loss(model.apply(p, xb), tb)
 
         def body(carry, t):
@@ -265,7 +271,8 @@ def fit(model: Model, params: Any, x: jax.Array, targets: jax.Array, lr: jax.Arr
 
 def init_and_fit(model: Model, key: jax.Array, x: jax.Array, targets: jax.Array, lr: jax.Array,
                  cfg: TrainConfig = TrainConfig(),
-                 augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> Any:
+                 augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                 relabel: Callable[[jax.Array], jax.Array] | None = None) -> Any:
     """Fresh initialisation from ``key`` then :func:`fit`: one trained model per key (vmap-able).
 
     The parameters are cast to the dtype of ``x`` (flax initialises in float32 even when
@@ -274,7 +281,7 @@ def init_and_fit(model: Model, key: jax.Array, x: jax.Array, targets: jax.Array,
     """
     k_init, k_fit = jax.random.split(key)
     params = cast_like(model.init(k_init, x[:1]), x.dtype)
-    return fit(model, params, x, targets, lr, k_fit, cfg, augment)
+    return fit(model, params, x, targets, lr, k_fit, cfg, augment, relabel)
 
 
 def protocol_config(n: int, *, epochs: int, batch_size: int = 256, momentum: float = 0.9,
