@@ -25,7 +25,7 @@ TINY = {
     "dm": TINY_NET + TINY_EVAL + ["--batch-real", "16"],
     "mtt": TINY_NET + TINY_EVAL + ["--syn-steps", "2", "--expert-epochs", "1",
                                    "--max-start-epoch", "1"],
-    "sre2l": TINY_EVAL + ["--teacher-epochs", "1", "--teacher-width", "8"],
+    "sre2l": TINY_EVAL + ["--teacher-epochs", "1", "--teacher-width", "8", "--no-kd"],
 }
 
 
