@@ -224,7 +224,6 @@ def run_continual(cfg: ContinualConfig, train, test, progress=None) -> dict:
         for mi, kind in enumerate(cfg.memory_list()):
             build = builders.setdefault(kind, memory_builder(kind, cfg, k // cfg.tasks))
             mem_x, mem_y, accs = [], [], []
-            stored_floats = 0
             for t, classes in enumerate(split):
                 tkey = jax.random.fold_in(jax.random.fold_in(key, 100 + mi), t)
                 task = subset(train, classes, relabel=True)
@@ -235,9 +234,8 @@ def run_continual(cfg: ContinualConfig, train, test, progress=None) -> dict:
                     xx = x[None]
                     yy = np.eye(len(classes), dtype=np.float32)[np.asarray(c)][None]
                     size = set_storage(xx, yy, np.full(1, np.nan), True, None, stored)
-                    stored_floats = size["inputs_floats"] / len(classes)
                     out["memories"].setdefault(kind, {})["storage_per_class"] = {
-                        "inputs_floats": stored_floats,
+                        "inputs_floats": size["inputs_floats"] / len(classes),
                         "images": len(x) // len(classes),
                         "bytes": size["total_bytes"] / len(classes)}
                 seen = [cl for task_classes in split[:t + 1] for cl in task_classes]

@@ -14,8 +14,7 @@ import pytest
 from jdd.cli import main as jdd
 from jdd.data import Dataset
 from jdd.distill import compose, distill, pixels
-from jdd.distill.low_rank import (decode_factors, images_per_class, low_rank, stored_floats,
-                                  svd_factors)
+from jdd.distill.low_rank import decode_factors, images_per_class, low_rank, svd_factors
 
 K = 3
 
@@ -37,7 +36,8 @@ def test_images_per_class_is_the_papers_floor():
     assert images_per_class(1, 8, 8, 2) == 64 // 32 == 2
     assert images_per_class(1, 8, 8, 4) == 1
     assert images_per_class(10, 32, 32, 4) == 10240 // 256 == 40
-    assert stored_floats(2, 1, (28, 28, 1)) == 7 * 1 * 2 * 56 == 784
+    # 7 images x 1 channel x rank 2 x (28 + 28) = 784 floats: exactly one 28x28 image
+    assert images_per_class(1, 28, 28, 2) * 1 * 2 * (28 + 28) == 28 * 28
     with pytest.raises(ValueError, match="expected a rank <= 4"):
         images_per_class(1, 8, 8, 5)
     for bad in (0, -1, 1.5, True):

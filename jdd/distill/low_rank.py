@@ -168,11 +168,4 @@ def low_rank(*, rank: int = 2, init: str = "real", labels: str = "hard", label_i
                             name=f"low-rank[rank {rank}, {labels} labels]", stored=stored)
 
 
-def stored_floats(rank: int, ipc: int, feature_shape: tuple) -> int:
-    """Numbers stored per class by a low-rank set of budget ``ipc`` (the factors only), for
-    arithmetic checks: ``n * c * r * (h + w)``."""
-    h, w, c = feature_shape
-    return images_per_class(ipc, h, w, rank) * c * rank * (h + w)
-
-
-__all__ = ["decode_factors", "images_per_class", "low_rank", "stored_floats", "svd_factors"]
+__all__ = ["decode_factors", "images_per_class", "low_rank", "svd_factors"]

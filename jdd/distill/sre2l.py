@@ -236,11 +236,8 @@ def _teacher_model(cfg: SRe2LConfig, spec: RunSpec):
 
 
 def build(cfg: SRe2LConfig, spec: RunSpec):
-    """Only the checks: SRe2L is a three-stage pipeline run by :func:`run`."""
-    validate(cfg)
-    if len(spec.feature_shape) != 3:
-        raise ConfigError(f"--method sre2l needs image data (h, w, c); got {spec.feature_shape}")
-    raise ConfigError("sre2l runs through Method.run")
+    """SRe2L is a three-stage pipeline, not an iterative Distiller: see :func:`run`."""
+    raise NotImplementedError("sre2l is not a Distiller: use METHOD.run")
 
 
 def run(cfg: SRe2LConfig, spec: RunSpec, train, keys, progress: bool) -> MethodRun:
