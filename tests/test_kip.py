@@ -61,6 +61,45 @@ def test_gradient_matches_central_finite_differences():
         assert np.abs(grad_x).max() > 1e-4  # the check is not vacuous
 
 
+def test_blocked_targets_equal_unblocked_and_bound_memory():
+    # the whole training set as targets, in blocks of 7 rows (24 targets: a ragged last block):
+    # loss, batch accuracy and the exact gradient (SGD lr 1) equal the one-block step's
+    kfn = fc_kernel(2, "relu", 1.3, 0.2)
+    with jax.enable_x64(True):
+        data = _toy()
+        runs = []
+        for block in (None, 7):
+            d = kip(kfn, ipc=2, optimizer=optax.sgd(1.0), reg=1e-3, batch_size=None,
+                    init="noise", target_block=block)
+            state = d.init(jax.random.key(0), data)
+            new, metrics = jax.jit(d.step)(state, jax.random.key(1), data)
+            runs.append((np.asarray(_xy(state)[0] - _xy(new)[0]),
+                         np.asarray(_xy(state)[1] - _xy(new)[1]), metrics))
+        (gx, gy, m), (bx, by, bm) = runs
+        np.testing.assert_allclose(bx, gx, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(by, gy, rtol=1e-10, atol=1e-14)
+        assert float(bm["loss"]) == pytest.approx(float(m["loss"]), rel=1e-12)
+        assert float(bm["batch_acc"]) == float(m["batch_acc"])
+        assert np.abs(gx).max() > 1e-4
+
+    # compiled temporary memory of one step: flat in the number of targets when blocked,
+    # growing with it when not (XLA's own accounting, not a timing)
+    def temp_bytes(n, block):
+        rng = np.random.default_rng(0)
+        big = Dataset(x=jnp.asarray(rng.normal(size=(n, 64)), jnp.float32),
+                      y=jnp.asarray(np.arange(n) % 10, jnp.int32), num_classes=10, name="big")
+        d = kip(kfn, ipc=10, batch_size=None, target_block=block)
+        state = jax.eval_shape(d.init, jax.random.key(0), big)
+        c = jax.jit(d.step).lower(state, jax.random.key(1), big).compile()
+        return c.memory_analysis().temp_size_in_bytes
+
+    blocked = [temp_bytes(n, 256) for n in (2048, 8192)]
+    full = [temp_bytes(n, None) for n in (2048, 8192)]
+    assert blocked[1] <= 1.05 * blocked[0] + 4 * 8192 * 4, blocked   # O(n) scalars at most
+    assert full[1] > 3 * full[0], full                                 # (n, m) arrays
+    assert blocked[1] < full[1] / 4, (blocked, full)
+
+
 def test_loss_decreases_on_digits_and_improves_krr():
     train, test = load_digits()
     kfn = fc_kernel(2, "relu", 2.0 ** 0.5, 0.1)

@@ -46,12 +46,20 @@ KernelFn = Callable[..., jax.Array]
 
 
 def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | None = None,
-                  label_scale: float = 1.0, center_labels: bool = False) -> Objective:
+                  label_scale: float = 1.0, center_labels: bool = False,
+                  target_block: int | None = None) -> Objective:
     """KIP's loss: KRR from the synthetic set, squared error on a real batch.
 
     ``loss = mean (y_t - K_ts (K_ss + reg tr(K_ss)/m I)^-1 y_s)^2`` with Cholesky solves; the real
     targets get the same ``label_scale`` / ``center_labels`` transform as the support targets.
     An augmentation, when given, is applied with one draw to the support and the real batch.
+
+    ``target_block=B`` evaluates the batch (the whole training set with ``batch_size=None``) in
+    blocks of ``B`` rows inside a ``lax.scan`` whose body is rematerialised in the backward pass
+    (``jax.checkpoint``): only one (B, m) block of ``K_ts`` and its intermediates is alive at a
+    time, so the step's memory beyond the data is O(B m + m^2) whatever the number of targets.
+    The loss and its gradient equal the unblocked ones up to summation order (the last, ragged
+    block is padded with a repeated row of zero weight).
 
     Returns:
         An :class:`jdd.distill.compose.Objective` with no learnable parameters of its own; metric
@@ -61,6 +69,8 @@ def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | N
         raise ValueError(f"reg must be a finite number >= 0; got {reg}.")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None; got {batch_size}.")
+    if target_block is not None and (int(target_block) != target_block or target_block < 1):
+        raise ValueError(f"target_block must be a positive integer or None; got {target_block}.")
 
     def targets(labels, num_classes, dt):
         t = jax.nn.one_hot(labels, num_classes, dtype=dt) * label_scale
@@ -80,15 +90,51 @@ def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | N
         if augment is not None:
             k_aug = jax.random.fold_in(key, 7)
             x_s, x_t = augment(k_aug, x_s), augment(k_aug, x_t)
-        y_t = targets(batch.y, data.num_classes, dt)
         k_ss = kernel_fn(x_s, x_s)
-        k_ts = kernel_fn(x_t, x_s)
-        pred = k_ts @ krr_solve(k_ss, syn.y, reg)
-        value = jnp.mean((pred - y_t) ** 2)
-        acc = jnp.mean((jnp.argmax(pred, -1) == batch.y).astype(pred.dtype))
+        alpha = krr_solve(k_ss, syn.y, reg)
+        if target_block is None or x_t.shape[0] <= target_block:
+            y_t = targets(batch.y, data.num_classes, dt)
+            pred = kernel_fn(x_t, x_s) @ alpha
+            value = jnp.mean((pred - y_t) ** 2)
+            acc = jnp.mean((jnp.argmax(pred, -1) == batch.y).astype(pred.dtype))
+        else:
+            sq, hits = _blocked_errors(kernel_fn, x_t, batch.y,
+                                       lambda lb: targets(lb, data.num_classes, dt), x_s, alpha,
+                                       target_block)
+            value = sq / (x_t.shape[0] * data.num_classes)
+            acc = hits / x_t.shape[0]
         return Out(value, {"batch_acc": acc})
 
     return Objective(init=init, loss=loss, name="kip")
+
+
+def _blocked_errors(kernel_fn, x_t, labels, targets, x_s, alpha, block: int):
+    """``(sum of squared errors, correct argmax count)`` of ``K_ts alpha`` against
+    ``targets(labels)``, over row blocks of ``block`` in a rematerialised scan (see
+    :func:`kip_objective`); the targets are made per block too."""
+    n = x_t.shape[0]
+    nb = -(-n // block)
+    pad = nb * block - n
+    w = jnp.concatenate([jnp.ones((n,), alpha.dtype), jnp.zeros((pad,), alpha.dtype)])
+
+    def blocks(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.broadcast_to(a[-1:], (pad,) + a.shape[1:])], axis=0)
+        return a.reshape((nb, block) + a.shape[1:])
+
+    @jax.checkpoint
+    def body(carry, blk):
+        xb, lb, wb = blk
+        yb = targets(lb)
+        pred = kernel_fn(xb, x_s) @ alpha
+        sq = jnp.sum(wb * jnp.sum((pred - yb) ** 2, axis=-1))
+        hits = jnp.sum(wb * (jnp.argmax(pred, -1) == lb).astype(alpha.dtype))
+        return (carry[0] + sq, carry[1] + hits), None
+
+    zero = jnp.zeros((), alpha.dtype)
+    (sq, hits), _ = jax.lax.scan(body, (zero, zero),
+                                 (blocks(x_t), blocks(labels), w.reshape(nb, block)))
+    return sq, jax.lax.stop_gradient(hits)
 
 
 def kip(kernel_fn: KernelFn, *, ipc: int,
@@ -96,7 +142,7 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         learn_labels: bool = True, batch_size: int | None = None, init: str = "real",
         label_scale: float = 1.0, center_labels: bool = False,
         dtype: Any = None, augment=None, extra=(),
-        param: Parameterization | None = None) -> Distiller:
+        param: Parameterization | None = None, target_block: int | None = None) -> Distiller:
     """Kernel Inducing Points as a :class:`jdd.distill.Distiller`.
 
     The composition ``pixels(labels="raw" | "hard") x kip_objective(...)`` on
@@ -110,6 +156,8 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         reg: relative ridge: ``reg * trace(K_ss) / m`` is added to ``K_ss``'s diagonal.
         learn_labels: also learn the support targets (else they stay one-hot).
         batch_size: real examples per step (sampled without replacement); None uses all data.
+        target_block: evaluate the batch in row blocks of this size with rematerialisation, so
+            that memory does not grow with the batch (see :func:`kip_objective`); None: one block.
         init: ``"real"`` (random real examples of each class; labels their one-hot rows) or
             ``"noise"`` (Gaussian inputs with the data's mean and std; balanced labels).
         label_scale: multiplier of the one-hot targets (support and batch alike).
@@ -145,7 +193,8 @@ def kip(kernel_fn: KernelFn, *, ipc: int,
         param = pixels(init=init, labels="raw" if learn_labels else "hard",
                        label_scale=label_scale, center_labels=center_labels, dtype=dtype)
     objective = kip_objective(kernel_fn, reg=reg, batch_size=batch_size,
-                              label_scale=label_scale, center_labels=center_labels)
+                              label_scale=label_scale, center_labels=center_labels,
+                              target_block=target_block)
     return compose(param, objective, ipc=ipc,
                    optimizer=optax.adam(0.01) if optimizer is None else optimizer,
                    augment=augment, extra=extra)
@@ -190,7 +239,11 @@ class KipConfig(ParamOptions):
                            gt=0, le=1e4)
     schedule: str = opt("auto", "outer schedule (auto: cosine at IPC 1, else constant)",
                         choices=("auto", "constant", "cosine"))
-    batch_size: int = opt(256, "real examples per outer step", ge=1)
+    batch_size: int | None = opt(256, "real examples per outer step (none: the whole training "
+                                      "set every step)", ge=1)
+    target_block: int | None = opt(None, "evaluate the real batch in blocks of this many rows, "
+                                         "recomputed in the backward pass: memory O(block x "
+                                         "support) whatever the batch (none: one block)", ge=1)
     init: str = opt("real", "initialisation of the support set", choices=("real", "noise"))
     learn_labels: bool = opt(True, "learn the support targets")
 
@@ -208,7 +261,7 @@ def _build(cfg: KipConfig, spec: RunSpec) -> Plan:
     kfn = kernel_by_name(cfg.kernel, cfg.kernel_depth)
     lr, schedule = _resolved(cfg, spec.ipc)
     d = kip(kfn, ipc=spec.ipc, optimizer=outer_adam(lr, schedule, spec.steps), reg=cfg.reg,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, target_block=cfg.target_block,
             param=make_param(cfg, spec, init=cfg.init,
                              labels="raw" if cfg.learn_labels else "hard"))
     learner = kernel_learner(kfn, cfg.reg, name=f"krr[{cfg.kernel}, depth {cfg.kernel_depth}]")
