@@ -59,7 +59,7 @@ def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | N
     (``jax.checkpoint``): only one (B, m) block of ``K_ts`` and its intermediates is alive at a
     time, so the step's memory beyond the data is O(B m + m^2) whatever the number of targets.
     The loss and its gradient equal the unblocked ones up to summation order (the last, ragged
-    block is padded with a repeated row of zero weight).
+    block overlaps the one before it, its repeated rows weighted 0).
 
     Returns:
         An :class:`jdd.distill.compose.Objective` with no learnable parameters of its own; metric
@@ -111,29 +111,28 @@ def kip_objective(kernel_fn: KernelFn, *, reg: float = 1e-6, batch_size: int | N
 def _blocked_errors(kernel_fn, x_t, labels, targets, x_s, alpha, block: int):
     """``(sum of squared errors, correct argmax count)`` of ``K_ts alpha`` against
     ``targets(labels)``, over row blocks of ``block`` in a rematerialised scan (see
-    :func:`kip_objective`); the targets are made per block too."""
+    :func:`kip_objective`).
+
+    Blocks are sliced out of ``x_t`` inside the loop (no blocked copy of the targets is made);
+    the last block starts at ``n - block`` and its rows already counted get weight 0. Needs
+    ``n >= block``.
+    """
     n = x_t.shape[0]
     nb = -(-n // block)
-    pad = nb * block - n
-    w = jnp.concatenate([jnp.ones((n,), alpha.dtype), jnp.zeros((pad,), alpha.dtype)])
-
-    def blocks(a):
-        if pad:
-            a = jnp.concatenate([a, jnp.broadcast_to(a[-1:], (pad,) + a.shape[1:])], axis=0)
-        return a.reshape((nb, block) + a.shape[1:])
 
     @jax.checkpoint
-    def body(carry, blk):
-        xb, lb, wb = blk
-        yb = targets(lb)
+    def body(carry, i):
+        start = jnp.minimum(i * block, n - block)
+        xb = jax.lax.dynamic_slice_in_dim(x_t, start, block)
+        lb = jax.lax.dynamic_slice_in_dim(labels, start, block)
+        wb = (start + jnp.arange(block) >= i * block).astype(alpha.dtype)
         pred = kernel_fn(xb, x_s) @ alpha
-        sq = jnp.sum(wb * jnp.sum((pred - yb) ** 2, axis=-1))
+        sq = jnp.sum(wb * jnp.sum((pred - targets(lb)) ** 2, axis=-1))
         hits = jnp.sum(wb * (jnp.argmax(pred, -1) == lb).astype(alpha.dtype))
         return (carry[0] + sq, carry[1] + hits), None
 
     zero = jnp.zeros((), alpha.dtype)
-    (sq, hits), _ = jax.lax.scan(body, (zero, zero),
-                                 (blocks(x_t), blocks(labels), w.reshape(nb, block)))
+    (sq, hits), _ = jax.lax.scan(body, (zero, zero), jnp.arange(nb))
     return sq, jax.lax.stop_gradient(hits)
 
 
