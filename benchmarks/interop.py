@@ -188,12 +188,24 @@ def _scored_run(run: str, flags: list[str], args) -> str | None:
         e = _eval_json(run)
     except (OSError, ValueError, IndexError):
         return None
-    steps = [int(v) for k, v in zip(flags, flags[1:]) if k in ("--steps", "--iterations")]
-    ok = (m.get("seeds") == args.seeds and e.get("robust") is not None
-          and (not steps or m.get("steps") == steps[0])
+    # --steps is the run's step count; --iterations (DC / DSA) is its config's outer iterations
+    counts = {"--steps": m.get("steps"), "--iterations": m.get("config", {}).get("iterations")}
+    same_length = all(counts[k] == int(v) for k, v in zip(flags, flags[1:]) if k in counts)
+    ok = (m.get("seeds") == args.seeds and e.get("robust") is not None and same_length
           and len(e["result"]["accuracies"]) == args.seeds * args.n_models
           and e["baselines"]["full_data"]["n_models"] == args.full_data_models)
     return m.get("run_id") if ok else None
+
+
+def _scored_after(imported: str, run: str) -> bool:
+    """With ``--reuse``: the kept imported run was scored after ``run`` was (its evaluation
+    JSON is newer than the run's), i.e. by an earlier invocation on this very set."""
+    def newest_eval(folder):
+        names = [n for n in os.listdir(folder) if n.startswith("eval-")] \
+            if os.path.isdir(folder) else []
+        return max((os.path.getmtime(os.path.join(folder, n)) for n in names), default=None)
+    mine, theirs = newest_eval(imported), newest_eval(run)
+    return mine is not None and theirs is not None and mine >= theirs
 
 
 def _seed0(accs: list, n_models: int) -> list:
@@ -228,17 +240,21 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
     formats = ["safetensors", "npz", "png"] + (
         ["pt"] if importlib.util.find_spec("torch") is not None else [])
     for fmt in formats:
-        _jdd(["export", run, "--format", fmt, "--seed", "0", "--quiet", "--overwrite"])
-        src = os.path.join(run, f"export-{fmt}", "seed0" + ("" if fmt == "png" else f".{fmt}"))
         imp = os.path.join(work, f"{method}{ipc}-imported-{fmt}")
-        _jdd(["import", src, "--dataset", "digits", "--out", imp, "--quiet", "--overwrite"])
-        _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
+        if not (reused and _scored_after(imp, run)):
+            _jdd(["export", run, "--format", fmt, "--seed", "0", "--quiet", "--overwrite"])
+            src = os.path.join(run, f"export-{fmt}",
+                               "seed0" + ("" if fmt == "png" else f".{fmt}"))
+            _jdd(["import", src, "--dataset", "digits", "--out", imp, "--quiet", "--overwrite"])
+            _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
         accs = _eval_json(imp)["result"]["accuracies"]
         row["round_trip"][fmt] = {"accuracies": accs, "identical": accs == reference,
                                   "max_abs_diff": float(np.max(np.abs(np.subtract(accs,
                                                                                   reference))))}
     row["round_trip"]["reference_accuracies"] = reference
     if ipc == 10 or quick:
+        if not os.path.exists(os.path.join(run, "export-npz", "seed0.npz")):
+            _jdd(["export", run, "--format", "npz", "--seed", "0", "--quiet", "--overwrite"])
         data = np.load(os.path.join(run, "export-npz", "seed0.npz"))
         paths = independent_files(os.path.join(work, f"{method}{ipc}-independent"),
                                   data["images"], data["labels"])
@@ -248,15 +264,37 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
                 str(max(2.0, float(np.ceil(data["images"].max()))))]
         for fmt, path in paths.items():
             imp = os.path.join(work, f"{method}{ipc}-independent-{fmt}")
-            # the independent files carry hard labels and no recipe: scored as the run was
-            _jdd(["import", path, "--dataset", "digits", "--out", imp, "--quiet",
-                  "--overwrite", "--recipe-from", run] + span)
-            _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
+            if not (reused and _scored_after(imp, run)):
+                # the independent files carry hard labels and no recipe: scored as the run was
+                _jdd(["import", path, "--dataset", "digits", "--out", imp, "--quiet",
+                      "--overwrite", "--recipe-from", run] + span)
+                _jdd(["evaluate", imp, "--no-baselines"] + key_flags)
             row["independent"][fmt] = {"accuracies": _eval_json(imp)["result"]["accuracies"]}
         base = row["independent"]["npz"]["accuracies"]
         for fmt in paths:
             row["independent"][fmt]["same_as_npz"] = row["independent"][fmt]["accuracies"] == base
     return row
+
+
+def _write(path: str, args, plan, rows: list) -> None:
+    """The JSON: this invocation's rows, and the rows of earlier runs that it did not redo."""
+    kept = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            done = {(r["method"], r["ipc"]) for r in rows}
+            kept = [r for r in old.get("results", {}).get("rows", [])
+                    if (r["method"], r["ipc"]) not in done]
+        except (OSError, ValueError):
+            kept = []
+    order = {(m, i): n for n, (m, i, _) in enumerate(PLAN)}
+    write_result(path, "interop", args.quick,
+                 {"seeds": args.seeds, "n_models": args.n_models,
+                  "full_data_models": args.full_data_models,
+                  "plan": [list(p) for p in plan]},
+                 {"rows": sorted(kept + rows, key=lambda r: order.get((r["method"], r["ipc"]),
+                                                                      99))})
 
 
 def _extra(p):
@@ -285,12 +323,16 @@ def main(argv=None) -> int:
     if any(p[0] == "mtt" for p in plan):
         experts = os.path.join(work, "experts")
         _jdd(["experts", "--dataset", "digits", "--out", experts, "--quiet"])
+    path = args.json if not args.quick or args.json != os.path.join(RESULTS, "interop.json") \
+        else os.path.join(RESULTS, "interop_quick.json")
     rows = []
     for method, ipc, flags in plan:
         t = time.perf_counter()
         rows.append(run_row(work, method, ipc, flags, args, experts, args.quick))
         rows[-1]["wall_seconds"] = time.perf_counter() - t
         print(f"{method} ipc {ipc}: done in {rows[-1]['wall_seconds']:.0f} s", flush=True)
+        _write(path, args, plan, rows)          # after every row: an interrupted run keeps them
+
     def pct(r):
         return f"{100 * r['test_accuracy_mean']:.1f} +- {100 * r['test_accuracy_std']:.1f}"
     print(table(["method", "ipc", "distilled", "random", "full", "LRS", "HLR", "IOR", "ARS",
@@ -305,24 +347,10 @@ def main(argv=None) -> int:
                             if isinstance(v, dict) and v["identical"]) or "none",
                   ", ".join(f for f, v in r["independent"].items() if v["same_as_npz"]) or "-"]
                  for r in rows], title="digits: robust scores and round trips"))
-    path = args.json if not args.quick or args.json != os.path.join(RESULTS, "interop.json") \
-        else os.path.join(RESULTS, "interop_quick.json")
-    kept = []
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                old = json.load(f)
-            done = {(r["method"], r["ipc"]) for r in rows}
-            kept = [r for r in old.get("results", {}).get("rows", [])
-                    if (r["method"], r["ipc"]) not in done]
-        except (OSError, ValueError):
-            kept = []
-    write_result(path, "interop", args.quick,
-                 {"seeds": args.seeds, "n_models": args.n_models,
-                  "full_data_models": args.full_data_models,
-                  "plan": [list(p) for p in plan]}, {"rows": kept + rows})
     from jdd.report import ReportConfig, report
-    runs = [os.path.join(work, f"{m}{i}") for m, i, _ in plan]
+    # every row's run in the folder (with --keep: earlier invocations' rows too)
+    runs = [r for r in (os.path.join(work, f"{m}{i}") for m, i, _ in PLAN)
+            if os.path.exists(os.path.join(r, "metrics.json"))]
     if not args.quick:
         report(runs, ReportConfig(out=os.path.join(RESULTS, "interop_report"),
                                   title="digits: jdd methods (benchmarks/interop.py)"))

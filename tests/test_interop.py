@@ -72,7 +72,10 @@ def test_export_import_evaluate_round_trip_gives_the_same_accuracy(run, tmp_path
             pb = np.asarray(b.preprocessor.invert(b.x[0]))
             assert np.abs(pa - pb).max() <= (hi - lo) / 510 + 1e-6
             continue
-        np.testing.assert_allclose(b.x, a.x, atol=1e-5)
+        # bit-exact inputs (the export's jdd_preprocessed copy; the pixels agree to 1e-5)
+        np.testing.assert_array_equal(b.x, a.x)
+        assert json.loads((out / "import.json").read_text())["inputs"].startswith(
+            "jdd_preprocessed")
         assert _accuracies(out) == before       # same models, same numbers
 
 
@@ -232,6 +235,12 @@ def test_overshooting_sets_need_pixel_range_unless_they_are_jdd_exports(run, tmp
     np.savez(far / "seed0.npz", **t)
     info = json.loads((run / "export-npz" / "export.json").read_text())
     (far / "export.json").write_text(json.dumps(info))
+    # edited images beside the export's exact copy of the set: refused as altered
+    assert main(["import", str(far / "seed0.npz"), "--dataset", "digits", "--out",
+                 str(tmp_path / "c"), "--quiet"]) == 2
+    assert "jdd_preprocessed tensor does not match its images" in capsys.readouterr().err
+    del t["jdd_preprocessed"]                     # edited the way another tool would write it
+    np.savez(far / "seed0.npz", **t)
     assert main(["import", str(far / "seed0.npz"), "--dataset", "digits", "--out",
                  str(tmp_path / "c"), "--quiet"]) == 0
 

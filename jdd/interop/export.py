@@ -51,11 +51,32 @@ def pixel_sets(ds) -> np.ndarray:
     return np.stack([np.asarray(pre.invert(np.asarray(x, np.float32))) for x in ds.x])
 
 
+#: The extra tensor of jdd's tensor exports: the set exactly as jdd trains on it (the saved
+#: preprocessing applied), so that a jdd-to-jdd round trip is bit-exact: float32 pixels cannot
+#: carry it (mapping to pixel space and back moves inputs by an ulp or two, and networks trained
+#: for hundreds of epochs turn that into different models). Other tools ignore it.
+EXACT_KEY = "jdd_preprocessed"
+
+
+def preprocessing_digest(pre) -> str:
+    """SHA-256 of a fitted preprocessor's kind and arrays (equal digests: the same transform)."""
+    import hashlib
+    h = hashlib.sha256(pre.kind.encode())
+    for name in ("mean", "std", "zca"):
+        a = getattr(pre, name)
+        h.update(name.encode())
+        if a is not None:
+            a = np.ascontiguousarray(np.asarray(a, np.float32))
+            h.update(str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
 def preprocessing_description(ds) -> dict:
     """The saved preprocessing as JSON: kind, per-channel statistics, ZCA regulariser."""
     pre = ds.preprocessor
     out = {"kind": pre.kind, "fitted_on": f"the {ds.meta['dataset']} training set",
-           "zca_reg": ds.meta.get("zca_reg") if pre.kind == "zca" else None}
+           "zca_reg": ds.meta.get("zca_reg") if pre.kind == "zca" else None,
+           "sha256": preprocessing_digest(pre)}
     if pre.kind != "none":
         for name in ("mean", "std"):
             a = np.asarray(getattr(pre, name))
@@ -85,7 +106,11 @@ def describe(ds, cfg: ExportConfig, set_sha: str, seeds: list[int], lo: float,
         "tensors": {"images" if image else "inputs": "the synthetic inputs in pixel space",
                     "labels": "int64 hard labels: argmax of the set's labels",
                     "soft_labels": "float32 (m, k): the set's labels as distilled",
-                    "lr": "0-d float32 learned inner learning rate (absent when none)"},
+                    "lr": "0-d float32 learned inner learning rate (absent when none)",
+                    EXACT_KEY: "float32 (m, h, w, c) or (m, *features): the inputs as jdd "
+                               "trains on them (preprocessing applied); jdd import uses it "
+                               "when its own preprocessing has the same sha256, so that a "
+                               "round trip is exact"},
         "learned_lr": [None if np.isnan(v) else float(v) for v in lr[seeds]],
         "preprocessing": preprocessing_description(ds),
         "evaluation_recipe": meta.get("learner"),
@@ -146,7 +171,8 @@ def export_run(run: str, cfg: ExportConfig = ExportConfig()) -> tuple[str, dict]
             x = pixels[s]
             if image and cfg.layout == "nchw":
                 x = np.transpose(x, (0, 3, 1, 2))
-            tensors = {"images" if image else "inputs": x, "labels": labels, "soft_labels": y[s]}
+            tensors = {"images" if image else "inputs": x, "labels": labels, "soft_labels": y[s],
+                       EXACT_KEY: np.asarray(ds.x[s], np.float32)}
             if not np.isnan(ds.lr[s]):
                 tensors["lr"] = np.asarray(ds.lr[s], np.float32)
             name = f"seed{s}{SUFFIX[cfg.format]}"

@@ -158,6 +158,7 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
         lr = _export_lr(export, seed)
         source.update(sha256=_folder_sha(path), png_range=[lo, hi], images_key=None)
         raw_dtype = "uint8 (PNG)"
+        exact = None
         labels = soft if soft is not None and len(soft) == len(x) else hard
         scale = 1.0
     else:
@@ -171,6 +172,8 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
             source["sha256"] = hashlib.sha256(f.read()).hexdigest()
         ik = _pick(arrays, cfg.images_key, IMAGE_KEYS, "images", path)
         x = np.asarray(arrays[ik])
+        from jdd.interop.export import EXACT_KEY
+        exact = np.asarray(arrays[EXACT_KEY], np.float32) if EXACT_KEY in arrays else None
         if cfg.class_major:
             k = SHAPES.get(cfg.dataset, (None, None))[1]
             if k is None or len(x) % k:
@@ -234,7 +237,7 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
                   labels="hard" if is_one_hot(y) else "soft", pixel_min=lo, pixel_max=hi,
                   examples_per_class=counts.tolist())
     return {"x": x, "y": y, "hard": hard, "lr": lr, "ipc": ipc, "source": source,
-            "export": export}
+            "export": export, "exact": exact}
 
 
 def _export_json(path: str) -> dict | None:
@@ -330,6 +333,7 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
     from jdd.artifacts import save_distilled, save_image_grid, write_json
     from jdd.config import validate
     from jdd.data import load_dataset, preprocess
+    from jdd.interop.export import EXACT_KEY, preprocessing_digest
     from jdd.rundir import RunWriter, check_replaceable
     validate(cfg)
     if not os.path.exists(path):
@@ -379,10 +383,22 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
                                feature_shape=train.feature_shape, n_train=train.n)
         plan = method.build(validate(method.config()), spec)
         learner, method_info = plan.learner.config, plan.info
-    z = np.asarray(pre.apply(x))[None]
+    z = np.asarray(pre.apply(x))
+    exact, how = got["exact"], "the pixels, preprocessed here"
+    if exact is not None and exact.shape == z.shape and exp_pre.get("sha256") == (
+            preprocessing_digest(pre)):
+        # a jdd export and the same preprocessing: its exact inputs, once they agree with the
+        # pixels (a file whose two copies disagree is not what it claims)
+        scale = max(1.0, float(np.max(np.abs(z))))
+        if not np.all(np.isfinite(exact)) or float(np.max(np.abs(exact - z))) > 1e-3 * scale:
+            raise FormatError(f"{path}: its {EXACT_KEY} tensor does not match its images under "
+                              f"the exported preprocessing (max difference "
+                              f"{float(np.max(np.abs(exact - z))):.3g}); the file was altered")
+        z, how = exact, f"{EXACT_KEY} (exact: same preprocessing sha256)"
+    z = z[None]
     y = got["y"][None]
     lr = np.asarray([got["lr"]], np.float32)
-    info = {"source": got["source"], "protocol": protocol, "preprocess": kind,
+    info = {"source": got["source"], "protocol": protocol, "preprocess": kind, "inputs": how,
             "zca_reg": zca_reg, "ipc": got["ipc"], "num_classes": train.num_classes,
             "exported_by_jdd": None if got["export"] is None else {
                 k: got["export"].get(k) for k in ("run_id", "method", "set_sha256")}}
