@@ -112,12 +112,12 @@ def cpu_seconds_per_iteration(method_name: str, flags: list[str], dataset: str, 
     run = _compiled_chunk(plan.distiller, n, False)
     key = jax.random.key(0)
     state = jax.jit(plan.distiller.init)(key, train)
-    state, _ = run(state, key, train)  # compile + warm
+    state = run(state, key, train)[0]  # compile + warm (returns state, metrics, finite)
     jax.block_until_ready(state)
     t0 = time.process_time()
     reps = 2
     for _ in range(reps):
-        state, _ = run(state, key, train)
+        state = run(state, key, train)[0]
     jax.block_until_ready(state)
     cpu = (time.process_time() - t0) / (reps * n)
     # The step's arithmetic, from XLA's cost analysis of ONE compiled step, and the floor it
@@ -193,13 +193,14 @@ def main(argv=None) -> int:
             for opt in ("full_data_epochs", "full_data_models"):
                 if not args.quick and run[opt]:
                     common += ["--" + opt.replace("_", "-"), str(run[opt])]
+            # the cheap speed measurement first: a failure there must not cost the run
+            speed = cpu_seconds_per_iteration(name, flags, dataset, ipc, train)
             t0 = time.perf_counter()
             rc = jdd_main(["distill", "--method", name, *flags, *common])
             wall = time.perf_counter() - t0
             if rc != 0:
                 raise SystemExit(f"jdd distill --method {name} failed (exit {rc})")
             m = json.loads(open(os.path.join(out, "metrics.json")).read())
-            speed = cpu_seconds_per_iteration(name, flags, dataset, ipc, train)
             png = os.path.join(RESULTS, f"matching_{dataset}_{name}_ipc{ipc}.png")
             shutil.copyfile(os.path.join(out, "distilled.png"), png)
             r, rs, fd = m["result"], m["baselines"]["random_subset"], m["baselines"]["full_data"]
