@@ -131,13 +131,23 @@ def test_files_and_folders_respect_the_umask(tmp_path, mask):
         os.umask(old)
 
 
+def _sigint_default():
+    """SIGINT as an interactive Python has it: a suite started in the background (``cmd &``,
+    nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_signals_are_deferred_to_the_end_of_a_block():
     seen = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            seen.append("block finished")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                seen.append("block finished")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen == ["block finished"]
 
 
@@ -250,7 +260,8 @@ def test_sigint_and_sigterm_at_any_point_exit_cleanly_and_leave_the_folder(tmp_p
             err = open(tmp_path / f"{sig}-{point}.err", "w+")
             p = subprocess.Popen([sys.executable, "-c", _DRIVER, *argv, *per_point[point],
                                   "--out", str(out)],
-                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                 stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                 preexec_fn=_sigint_default)
             procs[sig, point] = (p, err, out)
     deadline = time.monotonic() + 240
     sent = set()
