@@ -131,14 +131,9 @@ def test_files_and_folders_respect_the_umask(tmp_path, mask):
         os.umask(old)
 
 
-def _sigint_default():
-    """SIGINT as an interactive Python has it: a suite started in the background (``cmd &``,
-    nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_signals_are_deferred_to_the_end_of_a_block():
     seen = []
+    # a suite started in the background (cmd &, nohup) inherits SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -219,7 +214,8 @@ def test_evaluate_learned_lr_choices():
 #: Runs ``jdd`` with ``_save_pictures`` slowed down so a signal can land while the run's files
 #: are half written into the staging folder (the "write" point).
 _DRIVER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
 import jdd.cli as cli
 real = cli._save_pictures
 def slow(*a, **k):
@@ -260,8 +256,7 @@ def test_sigint_and_sigterm_at_any_point_exit_cleanly_and_leave_the_folder(tmp_p
             err = open(tmp_path / f"{sig}-{point}.err", "w+")
             p = subprocess.Popen([sys.executable, "-c", _DRIVER, *argv, *per_point[point],
                                   "--out", str(out)],
-                                 stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                 preexec_fn=_sigint_default)
+                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
             procs[sig, point] = (p, err, out)
     deadline = time.monotonic() + 240
     sent = set()
