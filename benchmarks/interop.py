@@ -197,15 +197,19 @@ def _scored_run(run: str, flags: list[str], args) -> str | None:
     return m.get("run_id") if ok else None
 
 
-def _scored_after(imported: str, run: str) -> bool:
-    """With ``--reuse``: the kept imported run was scored after ``run`` was (its evaluation
-    JSON is newer than the run's), i.e. by an earlier invocation on this very set."""
-    def newest_eval(folder):
-        names = [n for n in os.listdir(folder) if n.startswith("eval-")] \
-            if os.path.isdir(folder) else []
-        return max((os.path.getmtime(os.path.join(folder, n)) for n in names), default=None)
-    mine, theirs = newest_eval(imported), newest_eval(run)
-    return mine is not None and theirs is not None and mine >= theirs
+def _scored_import(imported: str, run_id: str, n_models: int) -> bool:
+    """With ``--reuse``: the kept imported run holds a set taken from run ``run_id`` (a jdd export
+    of it, or the independent files scored with its recipe, as its ``import.json`` records) and
+    is already scored with ``n_models`` models."""
+    try:
+        with open(os.path.join(imported, "import.json")) as f:
+            info = json.load(f)
+        accs = _eval_json(imported)["result"]["accuracies"]
+    except (OSError, ValueError, IndexError, KeyError):
+        return False
+    source = (info.get("exported_by_jdd") or {}).get("run_id")
+    return len(accs) == n_models and (
+        source == run_id or str(info.get("protocol", "")).startswith(f"as run {run_id} "))
 
 
 def _seed0(accs: list, n_models: int) -> list:
@@ -241,7 +245,7 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
         ["pt"] if importlib.util.find_spec("torch") is not None else [])
     for fmt in formats:
         imp = os.path.join(work, f"{method}{ipc}-imported-{fmt}")
-        if not (reused and _scored_after(imp, run)):
+        if not (reused and _scored_import(imp, reused, args.n_models)):
             _jdd(["export", run, "--format", fmt, "--seed", "0", "--quiet", "--overwrite"])
             src = os.path.join(run, f"export-{fmt}",
                                "seed0" + ("" if fmt == "png" else f".{fmt}"))
@@ -264,7 +268,7 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
                 str(max(2.0, float(np.ceil(data["images"].max()))))]
         for fmt, path in paths.items():
             imp = os.path.join(work, f"{method}{ipc}-independent-{fmt}")
-            if not (reused and _scored_after(imp, run)):
+            if not (reused and _scored_import(imp, reused, args.n_models)):
                 # the independent files carry hard labels and no recipe: scored as the run was
                 _jdd(["import", path, "--dataset", "digits", "--out", imp, "--quiet",
                       "--overwrite", "--recipe-from", run] + span)
@@ -276,7 +280,7 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
     return row
 
 
-def _write(path: str, args, plan, rows: list) -> None:
+def _write(path: str, args, rows: list) -> None:
     """The JSON: this invocation's rows, and the rows of earlier runs that it did not redo."""
     kept = []
     if os.path.exists(path):
@@ -289,12 +293,13 @@ def _write(path: str, args, plan, rows: list) -> None:
         except (OSError, ValueError):
             kept = []
     order = {(m, i): n for n, (m, i, _) in enumerate(PLAN)}
+    every = sorted(kept + rows, key=lambda r: order.get((r["method"], r["ipc"]), 99))
     write_result(path, "interop", args.quick,
                  {"seeds": args.seeds, "n_models": args.n_models,
                   "full_data_models": args.full_data_models,
-                  "plan": [list(p) for p in plan]},
-                 {"rows": sorted(kept + rows, key=lambda r: order.get((r["method"], r["ipc"]),
-                                                                      99))})
+                  # each row's own flags (rows kept from earlier invocations included)
+                  "plan": [[r["method"], r["ipc"], r["flags"]] for r in every]},
+                 {"rows": every})
 
 
 def _extra(p):
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
         rows.append(run_row(work, method, ipc, flags, args, experts, args.quick))
         rows[-1]["wall_seconds"] = time.perf_counter() - t
         print(f"{method} ipc {ipc}: done in {rows[-1]['wall_seconds']:.0f} s", flush=True)
-        _write(path, args, plan, rows)          # after every row: an interrupted run keeps them
+        _write(path, args, rows)          # after every row: an interrupted run keeps them
 
     def pct(r):
         return f"{100 * r['test_accuracy_mean']:.1f} +- {100 * r['test_accuracy_std']:.1f}"

@@ -33,15 +33,25 @@ import numpy as np
 
 
 def main() -> None:
+    def ranged(kind, lo, strict=True):
+        """An argparse type: ``kind`` greater than (``strict``) or at least ``lo``, finite."""
+        def parse(text):
+            v = kind(text)
+            if not np.isfinite(v) or (v <= lo if strict else v < lo):
+                raise argparse.ArgumentTypeError(
+                    f"expected a finite {kind.__name__} {'>' if strict else '>='} {lo}; got {text}")
+            return v
+        return parse
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--reg", type=float, default=1e-6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=ranged(int, 0), default=1000)
+    p.add_argument("--warmup", type=ranged(int, 0), default=20)
+    p.add_argument("--batch", type=ranged(int, 0), default=1000)
+    p.add_argument("--depth", type=ranged(int, 0), default=2)
+    p.add_argument("--lr", type=ranged(float, 0.0), default=0.01)
+    p.add_argument("--reg", type=ranged(float, 0.0, strict=False), default=1e-6)
+    p.add_argument("--seed", type=ranged(int, 0, strict=False), default=0)
     args = p.parse_args()
 
     import jax

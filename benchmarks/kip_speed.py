@@ -35,6 +35,8 @@ Writes results/kip_speed.json.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import subprocess
@@ -103,17 +105,27 @@ def profile(reps: int) -> dict:
     return {name: _cpu_ms(f, a, reps) for name, (f, a) in parts.items()}
 
 
-def _make(solve):
-    """A fresh KIP distiller whose objective uses ``solve`` (None: jdd's krr_solve)."""
-    import importlib
+def _make():
+    """A fresh KIP distiller at the benchmark's settings."""
+    from jdd.distill import kip
     from jdd.kernels import fc_kernel
+    return kip(fc_kernel(**KERNEL), ipc=IPC, batch_size=BATCH, reg=REG, optimizer=optax.adam(LR))
+
+
+@contextlib.contextmanager
+def _solve_in_kip(solve):
+    """KIP's objective with ``solve`` in place of jdd's ``krr_solve`` while the block runs.
+
+    The objective looks the solve up when it is traced, so the "before" row wraps every call
+    that may trace (not only the first) and cannot silently measure the new solve.
+    """
     kip_mod = importlib.import_module("jdd.distill.kip")   # the module (the package exports kip())
     saved = kip_mod.krr_solve
-    if solve is not None:
-        kip_mod.krr_solve = solve
-    d = kip_mod.kip(fc_kernel(**KERNEL), ipc=IPC, batch_size=BATCH, reg=REG,
-                    optimizer=optax.adam(LR))
-    return d, (lambda: setattr(kip_mod, "krr_solve", saved))
+    kip_mod.krr_solve = solve
+    try:
+        yield
+    finally:
+        kip_mod.krr_solve = saved
 
 
 def jdd_run_loop(d, key, train, steps: int) -> float:
@@ -169,13 +181,7 @@ def main(argv=None) -> int:
     key = jax.random.key(0)
 
     prof = profile(20 if args.quick else 200)
-    new, restore_new = _make(None)
-    restore_new()
-    old, restore_old = _make(_krr_solve_cholesky_autodiff)
-    # the old row's programs are traced while the old solve is in place
-    from jdd.distill.core import distill
-    distill(old, key, train, steps=steps, progress=False)
-    restore_old()
+    new, old = _make(), _make()                 # two distillers: separately compiled programs
 
     setup = None
     if args.nt_python:
@@ -195,8 +201,9 @@ def main(argv=None) -> int:
     for r in range(rounds):
         rows["jdd run loop"].append(jdd_run_loop(new, key, train, steps))
         rows["jdd bare step"].append(jdd_bare(new, key, train, steps))
-        rows["jdd run loop, Cholesky-autodiff solve (before)"].append(
-            jdd_run_loop(old, key, train, steps))
+        with _solve_in_kip(_krr_solve_cholesky_autodiff):
+            rows["jdd run loop, Cholesky-autodiff solve (before)"].append(
+                jdd_run_loop(old, key, train, steps))
         if setup:
             nt_info = original(args.nt_python, setup, steps)
             rows["original KIP (neural-tangents)"].append(nt_info["steps_per_cpu_s"])

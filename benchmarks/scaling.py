@@ -87,10 +87,9 @@ def _step_cost(d, train, reps: int) -> dict:
 
 
 def kip_row(train, reps: int, batch, block) -> dict:
-    import importlib
+    from jdd.distill import kip
     from jdd.kernels import fc_kernel
-    kip_mod = importlib.import_module("jdd.distill.kip")
-    d = kip_mod.kip(fc_kernel(**KERNEL), ipc=IPC, batch_size=batch, target_block=block,
+    d = kip(fc_kernel(**KERNEL), ipc=IPC, batch_size=batch, target_block=block,
                     optimizer=optax.adam(0.01))
     return _step_cost(d, train, reps)
 

@@ -22,6 +22,7 @@ learned rates, and the files. safetensors files carry the same JSON in their met
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -60,7 +61,6 @@ EXACT_KEY = "jdd_preprocessed"
 
 def preprocessing_digest(pre) -> str:
     """SHA-256 of a fitted preprocessor's kind and arrays (equal digests: the same transform)."""
-    import hashlib
     h = hashlib.sha256(pre.kind.encode())
     for name in ("mean", "std", "zca"):
         a = getattr(pre, name)

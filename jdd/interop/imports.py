@@ -42,6 +42,7 @@ import numpy as np
 
 from jdd.config import ConfigError, opt
 from jdd.data import DATASETS
+from jdd.interop.export import EXACT_KEY, preprocessing_digest
 from jdd.interop.formats import FormatError, format_of, read_tensors
 from jdd.storage import is_one_hot
 
@@ -172,7 +173,6 @@ def read_set(path: str, cfg: ImportConfig) -> dict:
             source["sha256"] = hashlib.sha256(f.read()).hexdigest()
         ik = _pick(arrays, cfg.images_key, IMAGE_KEYS, "images", path)
         x = np.asarray(arrays[ik])
-        from jdd.interop.export import EXACT_KEY
         exact = np.asarray(arrays[EXACT_KEY], np.float32) if EXACT_KEY in arrays else None
         if cfg.class_major:
             k = SHAPES.get(cfg.dataset, (None, None))[1]
@@ -333,7 +333,6 @@ def import_set(path: str, cfg: ImportConfig) -> tuple[str, dict]:
     from jdd.artifacts import save_distilled, save_image_grid, write_json
     from jdd.config import validate
     from jdd.data import load_dataset, preprocess
-    from jdd.interop.export import EXACT_KEY, preprocessing_digest
     from jdd.rundir import RunWriter, check_replaceable
     validate(cfg)
     if not os.path.exists(path):
