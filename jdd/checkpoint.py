@@ -17,6 +17,12 @@ last completed chunk: compiled chunks are never cut). Only a state whose loss an
 are finite is ever written, so a run that diverges leaves its last good checkpoint. When the run
 finishes and its folder is written, the checkpoints are removed.
 
+Multi-process jobs (:mod:`jdd.mesh`): ``OUT.ckpt`` must be on a filesystem that every process
+sees. Every process saves its own shards of each checkpoint (orbax coordinates them); process 0
+writes ``identity.json`` / ``config.yaml`` and removes the folder at the end. A signal to any one
+process stops every process at the same chunk boundary (:func:`jdd.distill.core.distill` agrees
+on it after each chunk), so that they all write the same last checkpoint.
+
 Step keys fold in the state's own step counter (:func:`jdd.distill.core.scan_steps`), so the
 steps after a restore are the same computation as in an uninterrupted run: the final set is
 byte-identical.
@@ -128,17 +134,21 @@ class RunCheckpoints:
                                   "the dataset files or the preprocessing changed")
 
     def start(self, ident: dict, config_text: str) -> None:
-        """Create the folder for a new run (any old checkpoints must have been removed)."""
+        """Create the folder for a new run (any old checkpoints must have been removed). In a
+        multi-process job process 0 writes it and every process waits until it has."""
         from jdd.artifacts import atomic_write
-        os.makedirs(self.folder, exist_ok=True)
-        with atomic_write(os.path.join(self.folder, "config.yaml"), "w") as f:
-            f.write(config_text)
-        with atomic_write(os.path.join(self.folder, "identity.json"), "w") as f:
-            json.dump(ident, f, indent=1)
+        if _primary():
+            os.makedirs(self.folder, exist_ok=True)
+            with atomic_write(os.path.join(self.folder, "config.yaml"), "w") as f:
+                f.write(config_text)
+            with atomic_write(os.path.join(self.folder, "identity.json"), "w") as f:
+                json.dump(ident, f, indent=1)
+        _barrier("jdd-checkpoints-started")
 
     def remove(self) -> None:
-        """Delete the folder (the run finished)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the folder (the run finished; in a multi-process job, process 0 does)."""
+        if _primary():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ state
 
@@ -170,10 +180,9 @@ class RunCheckpoints:
         Returns:
             The step written.
         """
-        import jax
         import orbax.checkpoint as ocp
         from jdd.distill.core import _step_of
-        step = int(np.asarray(jax.device_get(_step_of(state))).reshape(-1)[0])
+        step = _first(_step_of(state))
         hist = {"steps_logged": [int(s) for s in logged],
                 "history": {k: np.stack(v, axis=-1).tolist() for k, v in history.items() if v}}
         mgr = self._manager()
@@ -214,6 +223,29 @@ class RunCheckpoints:
                    for k, v in hist["history"].items()}
         self._last = step
         return got["state"], history, list(hist["steps_logged"])
+
+
+def _primary() -> bool:
+    """Whether this process writes the checkpoint folder's own files (process 0 of a job)."""
+    import jax
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process of a multi-process job (a no-op in a single process)."""
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def _first(a) -> int:
+    """The first element of an integer array (the seeds' shared step counter) as an int, read
+    from this process's own shard (a global array may not be fully addressable)."""
+    import jax
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        a = a.addressable_shards[0].data
+    return int(np.asarray(jax.device_get(a)).reshape(-1)[0])
 
 
 __all__ = ["CheckpointError", "OUTPUT_ONLY", "RunCheckpoints", "data_fingerprint", "folder_of",

@@ -454,15 +454,11 @@ def cmd_distill(argv: list[str]) -> int:
     except MeshError as e:
         raise CLIError(str(e)) from None
     runs, dry_run, resume = parse_distill_runs(argv)
-    if multi:
-        if any(rc.checkpoint_every for _, rc, _ in runs) or resume:
-            raise CLIError("--checkpoint-every / --resume: not supported in multi-process jobs "
-                           "yet; run without checkpoints")
-        if not is_writer():       # compute its share; write and evaluate nothing
-            for method, rc, cfg in runs:
-                rc = dataclasses.replace(rc, quiet=True, eval=False)
-                _distill_into(_DiscardWriter(), method, rc, cfg)
-            return 0
+    if multi and not is_writer():  # compute its share (checkpoints too); write nothing else
+        for method, rc, cfg in runs:
+            rc = dataclasses.replace(rc, quiet=True, eval=False)
+            _distill_into(_DiscardWriter(), method, rc, cfg, resume)
+        return 0
     if dry_run:
         for i, (method, rc, cfg) in enumerate(runs):
             print(f"--- # run {i + 1} of {len(runs)}")
@@ -495,7 +491,8 @@ def cmd_distill(argv: list[str]) -> int:
 def _checkpoints_for(method, rc, cfg, steps: int, resume: bool):
     """The run's :class:`jdd.checkpoint.RunCheckpoints` (None without checkpoints), its identity
     checked against the options before any data is loaded."""
-    from jdd.checkpoint import CheckpointError, RunCheckpoints, folder_of, identity
+    from jdd.checkpoint import (CheckpointError, RunCheckpoints, _barrier, folder_of,
+                                identity)
     if not (rc.checkpoint_every or resume):
         return None, None
     if method.run is not None:
@@ -511,6 +508,8 @@ def _checkpoints_for(method, rc, cfg, steps: int, resume: bool):
                 raise CLIError(f"{ck.folder} holds the checkpoints of an interrupted run; "
                                f"continue it with `jdd distill --resume {rc.out}`, or pass "
                                "--overwrite to discard them")
+            # (multi-process: every process has looked before process 0 removes them)
+            _barrier("jdd-checkpoints-checked")
             ck.remove()
     except CheckpointError as e:
         raise CLIError(str(e)) from None
@@ -566,7 +565,7 @@ def _distill_into(writer, method, rc, cfg, resume: bool = False) -> int:
             mesh = _mesh_of(rc, train.n)
             state = prior = None
             if resume:
-                state, prior, resumed_from = _restore(ck, plan.distiller, keys, train)
+                state, prior, resumed_from = _restore(ck, plan.distiller, keys, train, mesh)
                 _say(rc.quiet, f"resuming from the checkpoint of step {resumed_from} of {steps}")
             r = distill(plan.distiller, keys, train, steps - (resumed_from or 0),
                         log_every=rc.log_every, progress=not rc.quiet,
@@ -664,20 +663,25 @@ def _mesh_of(rc, n_data):
     return mesh
 
 
-def _restore(ck, distiller, keys, train):
-    """``(state, (history, steps_logged), step)`` of the newest checkpoint of a run."""
+def _restore(ck, distiller, keys, train, mesh=None):
+    """``(state, (history, steps_logged), step)`` of the newest checkpoint of a run; with a
+    mesh, the state comes back placed along its ``"seeds"`` axis (in a multi-process job each
+    process reads its own shards)."""
     import jax
-    import numpy as np
-    from jdd.checkpoint import CheckpointError
+    from jdd.checkpoint import CheckpointError, _first
     init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
     template = jax.eval_shape(jax.vmap(distiller.init, in_axes=(0, None)), init_keys, train)
+    if mesh is not None:
+        from jdd.mesh import seed_sharding
+        sh = seed_sharding(mesh)
+        template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                template)
     try:
         state, history, logged = ck.restore(template)
     except CheckpointError as e:
         raise CLIError(str(e)) from None
     from jdd.distill.core import _step_of
-    step = int(np.asarray(jax.device_get(_step_of(state))).reshape(-1)[0])
-    return state, (history, logged), step
+    return state, (history, logged), _first(_step_of(state))
 
 
 def _write_config(path: str, values: dict) -> None:

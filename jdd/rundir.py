@@ -89,11 +89,15 @@ def signals_deferred():
     """Hold SIGINT and SIGTERM until the block ends, then act on the first one that came, as its
     handler would have; a rename pair or a clean-up is never cut in half. (Python-level handlers
     are swapped: blocking with ``pthread_sigmask`` would not do, since the signal may be
-    delivered to one of XLA's threads.) A no-op off the main thread."""
+    delivered to one of XLA's threads.) A no-op off the main thread.
+
+    Yields the list of signals received so far (empty off the main thread): a caller may act on
+    them itself and empty the list, so that nothing more happens at the block's end.
+    """
+    got: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield got
         return
-    got = []
     old = {}
     for s in (signal.SIGINT, signal.SIGTERM):
         h = signal.getsignal(s)
@@ -101,7 +105,7 @@ def signals_deferred():
             old[s] = h
             signal.signal(s, lambda signum, frame: got.append(signum))
     try:
-        yield
+        yield got
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -112,38 +112,84 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_only_process_0_writes(tmp_path):
-    run = ["-m", "jdd", "distill", "--method", "kip", "--ipc", "1", "--seeds", "2", "--steps",
-           "4", "--log-every", "2", "--no-eval", "--quiet"]
+#: Process 1 of the interrupted two-process run: SIGTERM to itself after its first chunk (the
+#: checkpoint interval is longer), so the two processes must agree to stop at that boundary.
+_SIGTERM_AFTER_FIRST_CHUNK = """
+import os, signal, sys
+import jdd.distill.core as core
+real = core._check_finite
+def check(*a, **k):
+    real(*a, **k)
+    if not getattr(check, "sent", False):
+        check.sent = True
+        os.kill(os.getpid(), signal.SIGTERM)
+core._check_finite = check
+sys.argv = ["jdd"] + sys.argv[1:]
+from jdd.console import main
+main()
+"""
+
+
+def _two_processes(tmp_path, name, argv, driver_of_1=None):
+    """Run ``python -m jdd ARGV`` as processes 0 and 1 of a localhost job (process 1 through
+    ``driver_of_1`` when given); returns ``[(returncode, stderr), ...]`` and each one's
+    scratch folder (its TMPDIR and working directory)."""
     root = os.path.dirname(os.path.dirname(__file__))
     port = _free_port()
-    procs = []
+    procs, scratch = [], []
     for i in range(2):
-        scratch = tmp_path / f"tmp{i}"
-        scratch.mkdir()
-        env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "TMPDIR": str(scratch),
-               "JDD_COORDINATOR": f"localhost:{port}", "JDD_NUM_PROCESSES": "2",
-               "JDD_PROCESS_ID": str(i)}
+        scratch.append(tmp_path / f"{name}-tmp{i}")
+        scratch[-1].mkdir()
+        env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu",
+               "TMPDIR": str(scratch[-1]), "JDD_COORDINATOR": f"localhost:{port}",
+               "JDD_NUM_PROCESSES": "2", "JDD_PROCESS_ID": str(i)}
         env.pop("XLA_FLAGS", None)
-        procs.append(subprocess.Popen(
-            [sys.executable] + run + ["--mesh", "seeds=2,data=1", "--out",
-                                      str(tmp_path / "multi")],
-            env=env, cwd=str(scratch), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+        head = ["-c", driver_of_1] if i == 1 and driver_of_1 else ["-m", "jdd"]
+        procs.append(subprocess.Popen([sys.executable] + head + argv, env=env,
+                                      cwd=str(scratch[-1]), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
+    return [(p.returncode, e) for p, (_, e) in zip(procs, outs)], scratch
+
+
+def test_two_processes_on_localhost_only_process_0_writes_and_resume_together(tmp_path):
+    import json
+    import numpy as np
+    from jdd.artifacts import load_distilled
+    run = ["distill", "--method", "kip", "--ipc", "1", "--seeds", "2", "--steps", "8",
+           "--log-every", "2", "--no-eval", "--quiet", "--mesh", "seeds=2,data=1"]
+    got, scratch = _two_processes(tmp_path, "whole", run + ["--out", str(tmp_path / "multi")])
+    for rc, err in got:
+        assert rc == 0, err[-3000:]
     # process 1 wrote nothing (its scratch folder is empty), process 0 the run
-    assert os.listdir(tmp_path / "tmp1") == []
-    m = __import__("json").load(open(tmp_path / "multi" / "metrics.json"))
+    assert os.listdir(scratch[1]) == []
+    m = json.load(open(tmp_path / "multi" / "metrics.json"))
     assert m["mesh"].startswith("seeds=2 x data=1 (2 cpu devices")
+    root = os.path.dirname(os.path.dirname(__file__))
     env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    p = subprocess.run([sys.executable] + run + ["--out", str(tmp_path / "single")], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-m", "jdd"] + run[:-2] + ["--out", str(tmp_path / "single")],
+                       env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    from jdd.artifacts import load_distilled
-    import numpy as np
     a, b = load_distilled(tmp_path / "multi"), load_distilled(tmp_path / "single")
     np.testing.assert_allclose(a.x, b.x, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.y, b.y, rtol=1e-5, atol=1e-6)
+
+    # SIGTERM to process 1 alone after step 2 (checkpoints every 4): both processes stop at that
+    # chunk boundary, write the checkpoint of step 2 together and exit 143, nothing else written
+    out = tmp_path / "cut"
+    got, _ = _two_processes(tmp_path, "cut", run + ["--checkpoint-every", "4", "--out", str(out)],
+                            _SIGTERM_AFTER_FIRST_CHUNK)
+    assert [rc for rc, _ in got] == [143, 143], [e[-2000:] for _, e in got]
+    assert "interrupted: checkpoint of step 2 written" in got[0][1]
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path / "cut.ckpt" / "steps")) == ["2"]
+    # resumed by both processes: the bytes of the uninterrupted two-process run
+    got, _ = _two_processes(tmp_path, "resume", ["distill", "--resume", str(out)])
+    for rc, err in got:
+        assert rc == 0, err[-3000:]
+    c = load_distilled(out)
+    assert np.asarray(c.x).tobytes() == np.asarray(a.x).tobytes()
+    assert np.asarray(c.y).tobytes() == np.asarray(a.y).tobytes()
+    assert json.load(open(out / "metrics.json"))["resumed_from_step"] == 2
+    assert not (tmp_path / "cut.ckpt").exists()

@@ -20,8 +20,10 @@ unrolled training (:func:`jdd.distill.unrolled`) is one instance of it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import signal
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -242,7 +244,8 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         checkpoints: a :class:`jdd.checkpoint.RunCheckpoints`: the state is saved when a
             checkpoint is due after a chunk, and once more when SIGINT/SIGTERM arrives (the last
             completed chunk's state) before the interrupt propagates. Only finite states are
-            saved.
+            saved. In a multi-process job the processes agree after each chunk whether any of
+            them got a signal, and stop (and save) together.
         prior: ``(history, steps_logged)`` of the run ``state`` continues (as
             :meth:`jdd.checkpoint.RunCheckpoints.restore` returns them): the result's history
             then covers the whole run.
@@ -284,7 +287,7 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
         state = _compiled_init(distiller, batched)(init_keys, data)
         done = 0
     else:
-        step = np.asarray(jax.device_get(_step_of(state)))
+        step = np.asarray(_fetch(_step_of(state)))
         if (step.ndim != 0) != batched or (batched and step.shape[0] != len(run_keys)):
             raise ValueError(f"state: its step counter has shape {step.shape}; expected "
                              + (f"({len(run_keys)},) for {len(run_keys)} keys" if batched
@@ -300,26 +303,37 @@ def distill(distiller: Distiller, key: PRNGKey, data: Any, steps: int, *,
     from jdd.rundir import signals_deferred
     bar = _progress_bar(steps, desc, progress)
     good = state                      # the newest state known to be finite
+    # In a multi-process job every process must stop at the same chunk boundary (a process that
+    # stops alone leaves the others waiting in a collective): signals are only recorded during
+    # the loop, and after each chunk the processes agree on whether any of them got one.
+    multi = jax.process_count() > 1
+    agreed = []
     try:
-        for n in chunks:
-            new, metrics, finite = _compiled_chunk(distiller, n, batched)(state, run_keys, data)
-            metrics, finite = _fetch((metrics, finite))
-            _check_finite(metrics, bool(np.all(finite)), done, n)
-            state = good = new
-            done += n
-            logged.append(done)
-            for name, v in metrics.items():
-                history.setdefault(name, []).append(np.mean(np.asarray(v), axis=-1))
-            if bar is not None:
-                loss = np.mean(history["loss"][-1]) if "loss" in history else float("nan")
-                bar.set_postfix(loss=f"{loss:.4g}")
-                bar.update(n)
-            if checkpoints is not None and checkpoints.due(done):
-                with signals_deferred():
-                    checkpoints.save(good, history, logged)
-            raise_if_interrupted()  # the `jdd` command's signal, if its interrupt was lost
+        with signals_deferred() if multi else contextlib.nullcontext([]) as pending:
+            for n in chunks:
+                new, metrics, finite = _compiled_chunk(distiller, n, batched)(state, run_keys,
+                                                                              data)
+                metrics, finite = _fetch((metrics, finite))
+                _check_finite(metrics, bool(np.all(finite)), done, n)
+                state = good = new
+                done += n
+                logged.append(done)
+                for name, v in metrics.items():
+                    history.setdefault(name, []).append(np.mean(np.asarray(v), axis=-1))
+                if bar is not None:
+                    loss = np.mean(history["loss"][-1]) if "loss" in history else float("nan")
+                    bar.set_postfix(loss=f"{loss:.4g}")
+                    bar.update(n)
+                if checkpoints is not None and checkpoints.due(done):
+                    with signals_deferred():
+                        checkpoints.save(good, history, logged)
+                if multi:
+                    _stop_together(pending, agreed)
+                else:
+                    raise_if_interrupted()  # the `jdd` command's signal, if its interrupt was lost
     except KeyboardInterrupt:
-        if checkpoints is not None:
+        # (multi-process: only an interrupt every process raised together writes a checkpoint)
+        if checkpoints is not None and (agreed or not multi):
             with signals_deferred():
                 _save_on_interrupt(checkpoints, good, history, logged)
         raise
@@ -389,12 +403,28 @@ def _check_finite(metrics: dict, state_finite: bool, done: int, n: int) -> None:
                                  f"during steps {done + 1}..{done + n}; {_CAUSES}.")
 
 
+def _stop_together(pending: list, agreed: list) -> None:
+    """Multi-process runs, after each chunk: raise, in every process at once, the interrupt that
+    any process received during the chunk (SIGTERM before SIGINT), so that all of them write the
+    same last checkpoint. ``pending``: this process's signals (emptied when acted on); ``agreed``
+    gets True appended when the processes stop together."""
+    from jax.experimental import multihost_utils
+    from jdd.console import Terminated
+    mine = np.asarray(pending[0] if pending else 0, np.int32)
+    got = {int(v) for v in np.ravel(multihost_utils.process_allgather(mine))} - {0}
+    if got:
+        pending.clear()
+        agreed.append(True)
+        raise Terminated() if int(signal.SIGTERM) in got else KeyboardInterrupt()
+
+
 def _save_on_interrupt(checkpoints, state, history, logged) -> None:
     """The last checkpoint when a signal arrives: the newest finite state (never a cut chunk)."""
     import sys
     step = checkpoints.save(state, history, logged)
-    print(f"\ninterrupted: checkpoint of step {step} written to {checkpoints.folder}",
-          file=sys.stderr, flush=True)
+    if jax.process_index() == 0:
+        print(f"\ninterrupted: checkpoint of step {step} written to {checkpoints.folder}",
+              file=sys.stderr, flush=True)
 
 
 def _is_key_batch(key) -> bool:
