@@ -195,8 +195,17 @@ def main(argv=None) -> int:
                     common += ["--" + opt.replace("_", "-"), str(run[opt])]
             # the cheap speed measurement first: a failure there must not cost the run
             speed = cpu_seconds_per_iteration(name, flags, dataset, ipc, train)
+            argv = ["distill", "--method", name, *flags, *common]
+            if args.keep:
+                from jdd.checkpoint import folder_of
+                if os.path.isfile(os.path.join(folder_of(out), "identity.json")):
+                    print(f"{name} ipc {ipc}: resuming the interrupted run {out}", flush=True)
+                    argv = ["distill", "--resume", out]
+                else:
+                    every = str(args.checkpoint_every)
+                    argv += ["--checkpoint-every", every, "--log-every", every, "--overwrite"]
             t0 = time.perf_counter()
-            rc = jdd_main(["distill", "--method", name, *flags, *common])
+            rc = jdd_main(argv)
             wall = time.perf_counter() - t0
             if rc != 0:
                 raise SystemExit(f"jdd distill --method {name} failed (exit {rc})")
@@ -212,6 +221,7 @@ def main(argv=None) -> int:
                    "reference": ref, "target": target,
                    "target_met": None if target is None else r["test_accuracy_mean"] >= target,
                    "distill_seconds_wall": m["distill_seconds"], "run_seconds_wall": wall,
+                   "resumed_from_step": m.get("resumed_from_step"),
                    "official_cpu_s_per_iteration": OFFICIAL_CPU_S.get(name) if ipc == 1 else None,
                    **speed, "png": os.path.relpath(png, os.path.dirname(RESULTS)),
                    "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -293,7 +303,11 @@ def _extra(p):
     p.add_argument("--n-models", type=positive, default=None,
                    help="evaluation models per set (default: the plan's)")
     p.add_argument("--keep", default=None,
-                   help="keep the run folders (distilled sets, metrics) in this folder")
+                   help="keep the run folders (distilled sets, metrics) in this folder; runs "
+                        "then write checkpoints, and a row whose run was interrupted resumes "
+                        "from its last checkpoint when the benchmark is started again")
+    p.add_argument("--checkpoint-every", type=positive, default=10,
+                   help="with --keep: steps between checkpoints (and between logged entries)")
     p.add_argument("--eval-epochs", type=positive, default=None)
     p.add_argument("--full-data-epochs", type=positive, default=None,
                    help="full-data baseline epochs (default: the plan's, else the method's)")
