@@ -1149,7 +1149,24 @@ def main(argv: list[str] | None = None) -> int:
             command, "the output folder is as it was before (a run is written as a whole or not "
                      "at all)")
         print(f"jdd {command}: interrupted ({sig}); {left}.", file=sys.stderr, flush=True)
+        if getattr(e, "together", False):
+            _shutdown_together()
         return code
+
+
+def _shutdown_together() -> None:
+    """A multi-process job that every process stops at once (an agreed interrupt): leave
+    through JAX's distributed shutdown, a barrier of all processes. The interrupted command
+    exits without the interpreter's teardown (:func:`jdd.console._leave`), which would have run
+    it; without it process 0, which hosts the coordination service, can exit first and the
+    others abort when the service goes away. (A signal that ends one process alone skips this:
+    the barrier would wait for processes that go on running.)"""
+    import jax
+    try:
+        jax.distributed.shutdown()
+    except Exception as e:  # noqa: BLE001 (leaving anyway; say why it was not clean)
+        print(f"jdd: the distributed shutdown failed ({e}); exiting.", file=sys.stderr,
+              flush=True)
 
 
 def _preload() -> None:

@@ -415,7 +415,9 @@ def _stop_together(pending: list, agreed: list) -> None:
     if got:
         pending.clear()
         agreed.append(True)
-        raise Terminated() if int(signal.SIGTERM) in got else KeyboardInterrupt()
+        e = Terminated() if int(signal.SIGTERM) in got else KeyboardInterrupt()
+        e.together = True      # the command leaves through a shutdown barrier (jdd.cli.main)
+        raise e
 
 
 def _save_on_interrupt(checkpoints, state, history, logged) -> None:
