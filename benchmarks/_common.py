@@ -119,3 +119,26 @@ def positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}")
     return v
+
+
+def nonnegative(text: str) -> float:
+    """argparse type: a finite number >= 0 (checked before any work)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}")
+    return v
+
+
+def resumable(argv: list[str], out: str, every: int) -> list[str]:
+    """A ``jdd distill`` command line for a benchmark row kept in ``out``: it resumes the run
+    that an interruption left there (its checkpoint folder), else starts it with a checkpoint
+    (and a logged entry) every ``every`` steps, replacing an earlier finished run."""
+    from jdd.checkpoint import folder_of
+    if os.path.isfile(os.path.join(folder_of(out), "identity.json")):
+        print(f"resuming the interrupted run {out}", flush=True)
+        return ["distill", "--resume", out]
+    every = str(every)
+    return argv + ["--checkpoint-every", every, "--log-every", every, "--overwrite"]

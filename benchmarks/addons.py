@@ -21,20 +21,25 @@ Usage::
     python benchmarks/addons.py --quick                      # tiny, digits only (minutes)
     python benchmarks/addons.py --part low-rank --datasets fashion_mnist
     python benchmarks/addons.py --part sre2l --plan full     # on a GPU
+    python benchmarks/addons.py --part low-rank --only dm:1,dc:1 --keep DIR   # resumable rows
 
-Writes results/addons.json (rows of earlier runs with other keys are kept).
+Writes results/addons.json after every row (rows of earlier runs with other keys are kept).
+With ``--keep DIR`` each run writes checkpoints; started again, an interrupted row resumes.
+On Fashion-MNIST the CPU plan uses the matching benchmark's reduced protocol (``FASHION_CPU``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_args, positive, table, write_result  # noqa: E402
+from _common import (nonnegative, parse_args, positive, resumable, table,  # noqa: E402
+                     write_result)
 
 #: (dataset, method, ipc) -> extra flags per plan ("cpu": shortened; "full": defaults).
 STEPS = {
@@ -44,6 +49,11 @@ STEPS = {
             "sre2l": {10: ["--steps", "500"], 50: ["--steps", "500"]}},
     "full": {},
 }
+#: Fashion-MNIST on the CPU plan: the matching benchmark's reduced protocol (64 real images per
+#: class per update, 300 evaluation epochs at IPC 10, the full-data baseline 1 model x 2 epochs;
+#: benchmarks/matching.py explains each number). The pixel rows run with the same flags.
+FASHION_CPU = {"batch_real": ["--batch-real", "64"], "ipc10": ["--eval-epochs", "300"],
+               "all": ["--full-data-epochs", "2"]}
 QUICK = ["--steps", "2", "--width", "8", "--depth", "1", "--eval-width", "8", "--eval-depth",
          "1", "--eval-epochs", "3", "--full-data-epochs", "1"]
 
@@ -80,6 +90,9 @@ def plan(args) -> list[dict]:
                 for v, f in (("sre2l", []), ("sre2l+dwa", ["--dwa"])):
                     rows.append({"part": "sre2l", "dataset": ds, "method": "sre2l", "ipc": ipc,
                                  "variant": v, "flags": f})
+    if args.only:    # "dm" (every IPC) or "dm:1"
+        keep = set(args.only.split(","))
+        rows = [r for r in rows if r["method"] in keep or f"{r['method']}:{r['ipc']}" in keep]
     if args.quick:   # one comparison of each part, digits
         want = {("low-rank", "dm", 1, "pixels"), ("low-rank", "dm", 1, "low-rank --rank 2"),
                 ("mim4dd", "dc", 1, "base"), ("mim4dd", "dc", 1, f"+mim4dd {args.mim4dd_weight:g}"),
@@ -99,6 +112,10 @@ def run_row(row: dict, args, work: str, experts: dict) -> dict:
             "--eval-depth", "1", "--eval-epochs", "3", "--full-data-epochs", "1"]
     else:
         flags += STEPS[args.plan].get(row["method"], {}).get(row["ipc"], [])
+        if args.plan == "cpu" and row["dataset"] == "fashion_mnist":
+            flags += FASHION_CPU["all"] + (FASHION_CPU["ipc10"] if row["ipc"] >= 10 else [])
+            if row["method"] in ("dm", "dc"):
+                flags += FASHION_CPU["batch_real"]
     if row["method"] == "mtt":
         key = row["dataset"]
         if key not in experts:
@@ -106,20 +123,41 @@ def run_row(row: dict, args, work: str, experts: dict) -> dict:
             _jdd(["experts", "--dataset", key, "--out", experts[key], "--quiet"])
         flags += ["--buffer", experts[key]]
     t0 = time.process_time()
-    _jdd(["distill", "--method", row["method"], "--dataset", row["dataset"], "--ipc",
-          str(row["ipc"]), "--seeds", str(args.seeds), "--n-models", str(args.n_models),
-          "--full-data-models", "1", "--out", out, "--quiet", "--overwrite"] + flags)
+    argv = ["distill", "--method", row["method"], "--dataset", row["dataset"], "--ipc",
+            str(row["ipc"]), "--seeds", str(args.seeds), "--n-models", str(args.n_models),
+            "--full-data-models", "1", "--out", out, "--quiet"] + flags
+    _jdd(resumable(argv, out, args.checkpoint_every) if args.keep else argv + ["--overwrite"])
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     res = {**row, "flags": flags, "cpu_seconds": time.process_time() - t0,
            "result": m["result"], "random_subset": m["baselines"]["random_subset"],
            "full_data": m["baselines"]["full_data"], "images_per_class": m["images_per_class"],
-           "storage": m["storage"]}
+           "storage": m["storage"], "resumed_from_step": m.get("resumed_from_step")}
     if "alt_results" in m:
         res["hard_labels"] = m["alt_results"]["hard labels"]
     if "sre2l" in m:
         res["diversity"] = m["sre2l"]["diversity"]
     return res
+
+
+def _key(r: dict) -> tuple:
+    return r["part"], r["dataset"], r["method"], r["ipc"], r["variant"]
+
+
+def _write(path: str, args, rows: list) -> None:
+    """The JSON: this invocation's rows, and the rows of earlier runs (other keys) before them."""
+    kept = []
+    if os.path.exists(path) and not args.quick:
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = {}
+        done = {_key(r) for r in rows}
+        kept = [r for r in old.get("results", {}).get("rows", []) if _key(r) not in done]
+    write_result(path, "addons", args.quick,
+                 {"plan": args.plan, "seeds": args.seeds, "n_models": args.n_models,
+                  "mim4dd_weight": args.mim4dd_weight}, {"rows": kept + rows})
 
 
 def _extra(p):
@@ -128,8 +166,14 @@ def _extra(p):
     p.add_argument("--plan", choices=("cpu", "full"), default="cpu")
     p.add_argument("--seeds", type=positive, default=3)
     p.add_argument("--n-models", type=positive, default=3)
-    p.add_argument("--mim4dd-weight", type=float, default=0.1)
-    p.add_argument("--keep", default=None, help="keep the run folders here")
+    p.add_argument("--mim4dd-weight", type=nonnegative, default=0.1)
+    p.add_argument("--only", default=None,
+                   help="rows of these methods only: method or method:ipc, comma-separated")
+    p.add_argument("--keep", default=None,
+                   help="keep the run folders here; runs then write checkpoints, and a row whose "
+                        "run was interrupted resumes from its last checkpoint when started again")
+    p.add_argument("--checkpoint-every", type=positive, default=10,
+                   help="with --keep: steps between checkpoints (and between logged entries)")
 
 
 def main(argv=None) -> int:
@@ -138,12 +182,19 @@ def main(argv=None) -> int:
         args.seeds, args.n_models = 1, 1
     work = args.keep or tempfile.mkdtemp(prefix="jdd-addons-")
     experts: dict = {}
+    todo = plan(args)
+    if not todo:
+        raise SystemExit("addons: no row matches --part / --datasets / --only")
+    path = args.json
+    if args.quick and path.endswith("addons.json"):
+        path = path[:-len(".json")] + "_quick.json"
     rows = []
-    for row in plan(args):
+    for row in todo:
         rows.append(run_row(row, args, work, experts))
         r = rows[-1]
         print(f"{r['part']} {r['dataset']} {r['method']} ipc {r['ipc']} {r['variant']}: "
               f"{100 * r['result']['test_accuracy_mean']:.2f} %", flush=True)
+        _write(path, args, rows)          # after every row: an interrupted run keeps them
 
     def pct(d):
         return f"{100 * d['test_accuracy_mean']:.2f} +- {100 * d['test_accuracy_std']:.2f}"
@@ -156,19 +207,8 @@ def main(argv=None) -> int:
                   f"{r['diversity']:.3f}" if "diversity" in r else "-",
                   r["storage"]["total_bytes"]] for r in rows],
                 title="seed add-ons (mean +- std over seeds x models)"))
-    kept = []
-    if os.path.exists(args.json) and not args.quick:
-        with open(args.json) as f:
-            old = json.load(f)
-        done = {(r["part"], r["dataset"], r["method"], r["ipc"], r["variant"]) for r in rows}
-        kept = [r for r in old.get("results", {}).get("rows", [])
-                if (r["part"], r["dataset"], r["method"], r["ipc"], r["variant"]) not in done]
-    path = args.json
-    if args.quick and path.endswith("addons.json"):
-        path = path[:-len(".json")] + "_quick.json"
-    write_result(path, "addons", args.quick,
-                 {"plan": args.plan, "seeds": args.seeds, "n_models": args.n_models,
-                  "mim4dd_weight": args.mim4dd_weight}, {"rows": kept + rows})
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -30,7 +30,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, parse_args, positive, table, write_result  # noqa: E402
+from _common import (RESULTS, parse_args, positive, resumable, table,  # noqa: E402
+                     write_result)
 from cross_arch import ARCHS, _acc, evaluate_archs  # noqa: E402
 
 #: (method, ipc, extra CLI flags) of each plan. The digits rows use the official settings the
@@ -197,13 +198,7 @@ def main(argv=None) -> int:
             speed = cpu_seconds_per_iteration(name, flags, dataset, ipc, train)
             argv = ["distill", "--method", name, *flags, *common]
             if args.keep:
-                from jdd.checkpoint import folder_of
-                if os.path.isfile(os.path.join(folder_of(out), "identity.json")):
-                    print(f"{name} ipc {ipc}: resuming the interrupted run {out}", flush=True)
-                    argv = ["distill", "--resume", out]
-                else:
-                    every = str(args.checkpoint_every)
-                    argv += ["--checkpoint-every", every, "--log-every", every, "--overwrite"]
+                argv = resumable(argv, out, args.checkpoint_every)
             t0 = time.perf_counter()
             rc = jdd_main(argv)
             wall = time.perf_counter() - t0
