@@ -70,7 +70,8 @@ def timed(fn, *args):
     return out, time.perf_counter() - t
 
 
-def run_dataset(name, args, maps, ipcs, inits):
+def run_dataset(name, args, maps, ipcs, inits, emit=lambda row: None):
+    """The rows of one dataset; ``emit(row)`` is called after each one (the JSON is rewritten)."""
     rows = []
     train, test = load_dataset(name, args.data_dir)
     train, test, mu, sd = standardise(train, test, args.max_train, args.seed)
@@ -111,6 +112,7 @@ def run_dataset(name, args, maps, ipcs, inits):
                            distill_s_cold=t_cold, distill_s=t_warm,
                            total_s=t_lam + t_fit + t_warm)
                 rows.append(row)
+                emit(row)
                 print(f"  {mname:6s} {init:5s} IPC {ipc:3d}  orig {100 * acc0:6.2f}%  distilled "
                       f"{100 * acc_s:6.2f}%  |W_S-W|/|W| {row['rel_err']:.1e}  lam {lam:.3g} "
                       f"lam_S {row['lam_s']:.2g}  distill {t_warm:.3f}s (cold {t_cold:.2f}s)",
@@ -127,41 +129,76 @@ def main(argv=None):
     ap.add_argument("--max-train", type=int, default=None,
                     help="subsample large train sets (the paper uses all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", default="linear,rff,fcnn",
+                    help="feature maps, comma-separated, from linear, rff, fcnn")
+    ap.add_argument("--inits", default="noise,real", help="inits, comma-separated: noise, real")
     args = ap.parse_args(argv)
+    maps = tuple(f for f in args.features.split(",") if f)
+    inits = ("noise",) if args.quick else tuple(i for i in args.inits.split(",") if i)
+    for what, got, valid in (("--features", maps, ("linear", "rff", "fcnn")),
+                             ("--inits", inits, ("noise", "real"))):
+        if not got or set(got) - set(valid):
+            ap.error(f"{what}: expected names from {', '.join(valid)}; got {','.join(got)!r}")
+    if args.max_train is not None and args.max_train < 1:
+        ap.error(f"--max-train: expected an integer >= 1; got {args.max_train}")
     ipcs = (1, 10) if args.quick else (1, 10, 50)
-    inits = ("noise",) if args.quick else ("noise", "real")
     names = ["digits"] if args.quick else args.datasets.split(",")
-    maps = ("linear", "rff", "fcnn")
-    rows, skipped = [], {}
+    path = args.json or DEFAULT_JSON
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # rows of earlier runs that this one does not redo are kept (a dataset can be added later)
+    key = lambda r: (r["dataset"], r["features"], r["init"], r["ipc"])
+    kept, skipped = [], {}
+    if os.path.exists(path) and not args.quick:
+        try:
+            with open(path) as fh:
+                old = json.load(fh)
+            if old.get("seed") == args.seed and not old.get("quick"):
+                kept, skipped = old.get("rows", []), old.get("skipped", {})
+        except (OSError, ValueError):
+            pass
+    rows = []
     t_all = time.perf_counter()
+
+    def write():
+        done = {key(r) for r in rows}
+        every = [r for r in kept if key(r) not in done] + rows
+        _write(path, args, every, skipped, time.perf_counter() - t_all)
+
+    def emit(row):
+        rows.append(row)
+        write()
+
     with jax.enable_x64(True):
         for name in names:
             try:
-                rows += run_dataset(name, args, maps, ipcs, inits)
+                run_dataset(name, args, maps, ipcs, inits, emit)
+                skipped.pop(name, None)
             except DataError as e:
                 skipped[name] = str(e)
                 print(f"\n{name}: skipped ({e})")
+    write()
+    print(f"wrote {path}")
+
+
+def _write(path, args, rows, skipped, seconds):
+    """The JSON (written whole, then renamed: never half a file)."""
     worst = max((r["rel_err"] for r in rows), default=float("nan"))
     same = all(r["same_acc"] for r in rows)
-    print(f"\n{len(rows)} rows; every distilled accuracy equals the original: {same}; "
-          f"largest |W_S - W| / |W| = {worst:.2e} (target <= 1e-5)")
+    print(f"  ({len(rows)} rows in {os.path.basename(path)}; every distilled accuracy equals the "
+          f"original: {same}; largest |W_S - W| / |W| = {worst:.2e}, target <= 1e-5)", flush=True)
     out = {"benchmark": "krr_table3", "paper": "Chen, Huang & Weng, NeurIPS 2024, Table 3",
            "device": device_string(), "jax": jax.__version__, "dtype": "float64",
            "quick": args.quick, "seed": args.seed, "rows": rows, "skipped": skipped,
            "all_same_accuracy": same, "max_rel_err": worst,
-           "seconds_total": time.perf_counter() - t_all,
+           "seconds_total_this_run": seconds,
            "settings": {"lambda_grid": "10^(-6..5.5 step 0.5), 95/5 train/val split",
                         "lam_s": "auto (0 unless RFF features leave the cosine range)",
                         "rff_sigma2": 1e-3, "p": "d", "fcnn": "width d, LeakyReLU(0.1), no bias",
                         "preprocessing": "flatten, global train mean/std"}}
-    path = args.json or DEFAULT_JSON
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(out, fh, indent=1)
     os.replace(tmp, path)
-    print(f"wrote {path}")
-    return out
 
 
 if __name__ == "__main__":
