@@ -22,6 +22,7 @@ Usage::
     python benchmarks/addons.py --part low-rank --datasets fashion_mnist
     python benchmarks/addons.py --part sre2l --plan full     # on a GPU
     python benchmarks/addons.py --part low-rank --only dm:1,dc:1 --keep DIR   # resumable rows
+    python benchmarks/addons.py --part low-rank --only dc:1 --variants rank2,rank4
 
 Writes results/addons.json after every row (rows of earlier runs with other keys are kept).
 With ``--keep DIR`` each run writes checkpoints; started again, an interrupted row resumes.
@@ -30,6 +31,7 @@ On Fashion-MNIST the CPU plan uses the matching benchmark's reduced protocol (``
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -90,6 +92,9 @@ def plan(args) -> list[dict]:
                 for v, f in (("sre2l", []), ("sre2l+dwa", ["--dwa"])):
                     rows.append({"part": "sre2l", "dataset": ds, "method": "sre2l", "ipc": ipc,
                                  "variant": v, "flags": f})
+    if args.variants:
+        want_v = set(args.variants.split(","))
+        rows = [r for r in rows if _short(r["variant"]) in want_v]
     if args.only:    # "dm" (every IPC) or "dm:1"
         keep = set(args.only.split(","))
         rows = [r for r in rows if r["method"] in keep or f"{r['method']}:{r['ipc']}" in keep]
@@ -100,6 +105,13 @@ def plan(args) -> list[dict]:
         rows = [r for r in rows if r["dataset"] == "digits"
                 and (r["part"], r["method"], r["ipc"], r["variant"]) in want]
     return rows
+
+
+def _short(variant: str) -> str:
+    """A row's variant as ``--variants`` names it: pixels, rank2, rank4, base, mim4dd, sre2l, dwa."""
+    if variant.startswith("low-rank --rank "):
+        return "rank" + variant.split()[-1]
+    return {"sre2l+dwa": "dwa"}.get(variant, "mim4dd" if variant.startswith("+mim4dd") else variant)
 
 
 def run_row(row: dict, args, work: str, experts: dict) -> dict:
@@ -160,6 +172,17 @@ def _write(path: str, args, rows: list) -> None:
                   "mim4dd_weight": args.mim4dd_weight}, {"rows": kept + rows})
 
 
+VARIANTS = ("pixels", "rank2", "rank4", "base", "mim4dd", "sre2l", "dwa")
+
+
+def _variants(text: str) -> str:
+    bad = [v for v in text.split(",") if v not in VARIANTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(map(repr, bad))}: expected a "
+                         f"comma-separated list from {', '.join(VARIANTS)}")
+    return text
+
+
 def _extra(p):
     p.add_argument("--part", choices=("low-rank", "mim4dd", "sre2l", "all"), default="all")
     p.add_argument("--datasets", default="digits,fashion_mnist")
@@ -169,6 +192,8 @@ def _extra(p):
     p.add_argument("--mim4dd-weight", type=nonnegative, default=0.1)
     p.add_argument("--only", default=None,
                    help="rows of these methods only: method or method:ipc, comma-separated")
+    p.add_argument("--variants", type=_variants, default=None,
+                   help="rows of these variants only, comma-separated: " + ", ".join(VARIANTS))
     p.add_argument("--keep", default=None,
                    help="keep the run folders here; runs then write checkpoints, and a row whose "
                         "run was interrupted resumes from its last checkpoint when started again")
