@@ -10,7 +10,8 @@ Helpers:
 * :func:`parse_args`: the standard ``--quick`` / ``--json`` parser (extra options can be added);
 * :func:`device_string`, :func:`versions`: where and with what a result was measured;
 * :func:`table`: a plain-text table;
-* :func:`write_result`: atomic JSON (``jdd.artifacts.write_json``) with device and versions added.
+* :func:`write_result`: atomic JSON (``jdd.artifacts.write_json``) with device and versions added;
+* :func:`earlier_rows`: the rows of an earlier run's JSON that a partial rerun keeps.
 """
 
 from __future__ import annotations
@@ -103,6 +104,20 @@ def write_result(path: str, name: str, quick: bool, settings: dict, results: dic
                "settings": settings, "results": results, **extra}
     write_json(path, payload)
     return payload
+
+
+def earlier_rows(path: str, rows: list, key: Callable[[dict], tuple]) -> list:
+    """The rows of the JSON at ``path`` (an earlier run of the benchmark) whose ``key`` none of
+    ``rows`` has: what a benchmark that reruns some rows keeps. ``[]`` when there is no readable
+    file."""
+    import json
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return []
+    done = {key(r) for r in rows}
+    return [r for r in old.get("results", {}).get("rows", []) if key(r) not in done]
 
 
 def pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:

@@ -40,7 +40,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (nonnegative, parse_args, positive, resumable, table,  # noqa: E402
+from _common import (earlier_rows, nonnegative, parse_args, positive, resumable, table,  # noqa: E402
                      write_result)
 
 #: (dataset, method, ipc) -> extra flags per plan ("cpu": shortened; "full": defaults).
@@ -158,15 +158,7 @@ def _key(r: dict) -> tuple:
 
 def _write(path: str, args, rows: list) -> None:
     """The JSON: this invocation's rows, and the rows of earlier runs (other keys) before them."""
-    kept = []
-    if os.path.exists(path) and not args.quick:
-        try:
-            with open(path) as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-        done = {_key(r) for r in rows}
-        kept = [r for r in old.get("results", {}).get("rows", []) if _key(r) not in done]
+    kept = [] if args.quick else earlier_rows(path, rows, _key)
     write_result(path, "addons", args.quick,
                  {"plan": args.plan, "seeds": args.seeds, "n_models": args.n_models,
                   "mim4dd_weight": args.mim4dd_weight}, {"rows": kept + rows})

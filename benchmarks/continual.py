@@ -35,7 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, parse_args, table, write_result  # noqa: E402
+from _common import RESULTS, earlier_rows, parse_args, table, write_result  # noqa: E402
 
 DISTILLED = ("dm", "dm-low-rank", "dc")
 BASELINES = ("random", "herding")
@@ -130,15 +130,7 @@ def _key(r: dict) -> tuple:
 
 
 def _write(path: str, args, rows: list) -> None:
-    kept = []
-    if os.path.exists(path) and not args.quick:
-        try:
-            with open(path) as f:
-                old = json.load(f)
-        except (OSError, ValueError):
-            old = {}
-        done = {_key(r) for r in rows}
-        kept = [r for r in old.get("results", {}).get("rows", []) if _key(r) not in done]
+    kept = [] if args.quick else earlier_rows(path, rows, _key)
     write_result(path, "continual", args.quick, {"command": "jdd continual with its defaults" if not args.quick else QUICK}, {"rows": kept + rows})
 
 

@@ -43,7 +43,7 @@ import zlib
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RESULTS, parse_args, positive, table, write_result  # noqa: E402
+from _common import RESULTS, earlier_rows, parse_args, positive, table, write_result  # noqa: E402
 
 #: (method, ipc, jdd distill flags). Steps: the matching benchmark's digits plan (DC, DM, MTT)
 #: and the defaults (unrolled, KIP); MTT trains its experts once per benchmark run.
@@ -282,16 +282,7 @@ def run_row(work: str, method: str, ipc: int, flags: list[str], args, experts: s
 
 def _write(path: str, args, rows: list) -> None:
     """The JSON: this invocation's rows, and the rows of earlier runs that it did not redo."""
-    kept = []
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                old = json.load(f)
-            done = {(r["method"], r["ipc"]) for r in rows}
-            kept = [r for r in old.get("results", {}).get("rows", [])
-                    if (r["method"], r["ipc"]) not in done]
-        except (OSError, ValueError):
-            kept = []
+    kept = earlier_rows(path, rows, lambda r: (r["method"], r["ipc"]))
     order = {(m, i): n for n, (m, i, _) in enumerate(PLAN)}
     every = sorted(kept + rows, key=lambda r: order.get((r["method"], r["ipc"]), 99))
     write_result(path, "interop", args.quick,
