@@ -141,7 +141,8 @@ def run_row(row: dict, args, work: str, experts: dict) -> dict:
     _jdd(resumable(argv, out, args.checkpoint_every) if args.keep else argv + ["--overwrite"])
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
-    res = {**row, "flags": flags, "cpu_seconds": time.process_time() - t0,
+    res = {**row, "flags": flags, "seeds": args.seeds, "n_models": args.n_models,
+           "cpu_seconds": time.process_time() - t0,
            "result": m["result"], "random_subset": m["baselines"]["random_subset"],
            "full_data": m["baselines"]["full_data"], "images_per_class": m["images_per_class"],
            "storage": m["storage"], "resumed_from_step": m.get("resumed_from_step")}
