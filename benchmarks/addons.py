@@ -40,8 +40,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (earlier_rows, nonnegative, parse_args, positive, resumable, table,  # noqa: E402
-                     write_result)
+from _common import (earlier_rows, nonnegative, parse_args, positive,  # noqa: E402
+                     resumable, table, write_result)
 
 #: (dataset, method, ipc) -> extra flags per plan ("cpu": shortened; "full": defaults).
 STEPS = {
@@ -108,7 +108,7 @@ def plan(args) -> list[dict]:
 
 
 def _short(variant: str) -> str:
-    """A row's variant as ``--variants`` names it: pixels, rank2, rank4, base, mim4dd, sre2l, dwa."""
+    """A row's variant as ``--variants`` names it (one of :data:`VARIANTS`)."""
     if variant.startswith("low-rank --rank "):
         return "rank" + variant.split()[-1]
     return {"sre2l+dwa": "dwa"}.get(variant, "mim4dd" if variant.startswith("+mim4dd") else variant)
@@ -158,11 +158,11 @@ def _key(r: dict) -> tuple:
 
 
 def _write(path: str, args, rows: list) -> None:
-    """The JSON: this invocation's rows, and the rows of earlier runs (other keys) before them."""
+    """The JSON: this invocation's rows, and the rows of earlier runs (other keys) before them.
+    Seeds, models and flags are per row: the rows may come from several invocations."""
     kept = [] if args.quick else earlier_rows(path, rows, _key)
     write_result(path, "addons", args.quick,
-                 {"plan": args.plan, "seeds": args.seeds, "n_models": args.n_models,
-                  "mim4dd_weight": args.mim4dd_weight}, {"rows": kept + rows})
+                 {"plan": args.plan, "seeds, n_models, flags": "per row"}, {"rows": kept + rows})
 
 
 VARIANTS = ("pixels", "rank2", "rank4", "base", "mim4dd", "sre2l", "dwa")
@@ -171,8 +171,9 @@ VARIANTS = ("pixels", "rank2", "rank4", "base", "mim4dd", "sre2l", "dwa")
 def _variants(text: str) -> str:
     bad = [v for v in text.split(",") if v not in VARIANTS]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(map(repr, bad))}: expected a "
-                         f"comma-separated list from {', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(map(repr, bad))}: "
+                                         f"expected a comma-separated list from "
+                                         f"{', '.join(VARIANTS)}")
     return text
 
 

@@ -39,28 +39,27 @@ from _common import RESULTS, earlier_rows, parse_args, table, write_result  # no
 
 DISTILLED = ("dm", "dm-low-rank", "dc")
 BASELINES = ("random", "herding")
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 QUICK = {"tasks": 2, "dm_steps": 2, "dc_iterations": 2, "width": 8, "eval_epochs": 3,
          "n_models": 1, "seeds": 1}
 
 
-def _ipcs(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",")]
-    except ValueError:
-        vals = []
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected budgets >= 1, comma-separated; got {text!r}")
-    return vals
-
-
-def _datasets(text: str) -> list[str]:
-    vals = text.split(",")
-    bad = [v for v in vals if v not in DATASETS]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown dataset(s) {', '.join(map(repr, bad))}: "
-                                         f"expected names from {', '.join(DATASETS)}")
-    return vals
+def _declared_list(name: str):
+    """argparse type: a comma-separated list of values of ``ContinualConfig.<name>``, each
+    checked against the field's own declaration (type, range, choices); ``npz`` is refused
+    (the benchmark passes no file)."""
+    def parse(text: str) -> list:
+        from jdd.config import ConfigError, convert, fields
+        from jdd.continual import ContinualConfig
+        _, tp, meta = next(f for f in fields(ContinualConfig) if f[0].name == name)
+        try:
+            vals = [convert(name, tp, meta, v.strip()) for v in text.split(",")]
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if "npz" in vals:
+            raise argparse.ArgumentTypeError("npz: expected a named dataset (the benchmark "
+                                             "passes no file)")
+        return vals
+    return parse
 
 
 def settings(dataset: str, ipc: int, args) -> dict:
@@ -72,10 +71,11 @@ def settings(dataset: str, ipc: int, args) -> dict:
 
 
 def _argv(s: dict, out: str) -> list[str]:
+    from jdd.config import flag
     argv = ["continual", "--out", out, "--quiet"]
     for k, v in s.items():
         if v is not None:
-            argv += [f"--{k.replace('_', '-')}", str(v)]
+            argv += [flag(k), str(v)]
     return argv
 
 
@@ -131,12 +131,14 @@ def _key(r: dict) -> tuple:
 
 def _write(path: str, args, rows: list) -> None:
     kept = [] if args.quick else earlier_rows(path, rows, _key)
-    write_result(path, "continual", args.quick, {"command": "jdd continual with its defaults" if not args.quick else QUICK}, {"rows": kept + rows})
+    command = QUICK if args.quick else "jdd continual with its defaults"
+    write_result(path, "continual", args.quick, {"command": command}, {"rows": kept + rows})
 
 
 def _extra(p):
-    p.add_argument("--datasets", type=_datasets, default=_datasets("digits,fashion_mnist"))
-    p.add_argument("--ipcs", type=_ipcs, default=[1, 10],
+    p.add_argument("--datasets", type=_declared_list("dataset"),
+                   default=["digits", "fashion_mnist"])
+    p.add_argument("--ipcs", type=_declared_list("ipc"), default=[1, 10],
                    help="memory budgets (images' storage per class), comma-separated")
     p.add_argument("--data-dir", default=None, help="dataset folder (MNIST/CIFAR files)")
     p.add_argument("--keep", default=None,
