@@ -862,6 +862,12 @@ def _check_evaluate_options(c: EvaluateConfig, meta: dict) -> None:
         raise CLIError(str(e)) from None
 
 
+def _kip_fields():
+    import dataclasses
+    from jdd.distill.kip import KipConfig
+    return {f.name: f for f in dataclasses.fields(KipConfig)}
+
+
 def _eval_learner(c: EvaluateConfig, meta: dict, train):
     """(learner, tag, use_learned_lr) for a saved run under the evaluate options."""
     from jdd.evaluate import (full_data_config, kernel_learner, network_learner,
@@ -876,8 +882,10 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         kname = c.kernel or conf.get("kernel", "fc-ntk")
         depth = conf.get("kernel_depth", 2)
         reg = c.reg if c.reg is not None else saved.get("reg", 1e-6)
+        cap = conf.get("full_data_max", _kip_fields()["full_data_max"].default)
         return (kernel_learner(kernel_fn_by_name(kname, depth), reg,
-                               name=f"krr[{kname}, depth {depth}]"), f"krr-{kname}", False)
+                               name=f"krr[{kname}, depth {depth}]", full_data_max=cap),
+                f"krr-{kname}", False)
     name, kw = _eval_network(c, meta)
     model = make_model(name, train.num_classes, **kw)
     check_input_shape(model, train.feature_shape, f"--model {name}", meta["dataset"])

@@ -235,12 +235,27 @@ def protocol_learner(model: Model, *, epochs: int, lr: float = 0.01, batch_size:
     return small._replace(config=config, full_data=full)
 
 
-def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr") -> Learner:
+def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr",
+                   full_data_max: int | None = None) -> Learner:
     """Kernel ridge regression from the set: predictions ``K_ts (K_ss + reg tr(K_ss)/m I)^-1 y_s``.
 
     Deterministic (the key is unused), so ``n_models`` > 1 only matters for random subsets.
+
+    Args:
+        kernel_fn: ``(x1: (n1, ...), x2: (n2, ...)) -> (n1, n2)``.
+        reg: ridge relative to ``tr(K_ss) / m``.
+        name: the learner's name in reports.
+        full_data_max: the full-data baseline's cap. Exact KRR on ``n`` training examples needs
+            the ``n x n`` kernel and its factorisation (4 n^2 bytes each in float32: 14.4 GB for
+            Fashion-MNIST's 60 000), so with a cap the baseline fits each model on a random
+            subset of ``full_data_max`` examples (a different one per model key) when the
+            training set is larger, and is named so. None: all of them, whatever it costs.
     """
     from jdd.kernels.krr import krr_predict  # kernels are optional until used
+
+    if full_data_max is not None and (isinstance(full_data_max, bool) or
+                                      int(full_data_max) != full_data_max or full_data_max < 1):
+        raise ValueError(f"full_data_max must be a positive integer or None; got {full_data_max!r}")
 
     def fit(key, x, y, lr):
         return (x, y)
@@ -250,7 +265,21 @@ def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr") ->
         pred = krr_predict(kernel_fn, xs, ys, x, reg)
         return jnp.mean(jnp.argmax(pred, -1) == y)
 
-    return Learner(name=name, fit=fit, accuracy=acc, config={"kind": "krr", "reg": reg})
+    config = {"kind": "krr", "reg": reg}
+    full = None
+    if full_data_max is not None:
+        cap = int(full_data_max)
+
+        def fit_capped(key, x, y, lr):
+            if x.shape[0] <= cap:
+                return (x, y)
+            idx = jax.random.choice(key, x.shape[0], (cap,), replace=False)
+            return (x[idx], y[idx])
+
+        config["full_data_max"] = cap
+        full = Learner(name=f"{name} on a random {cap} of the training examples (when more)",
+                       fit=fit_capped, accuracy=acc, config=config)
+    return Learner(name=name, fit=fit, accuracy=acc, config=config, full_data=full)
 
 
 def evaluate_set(learner: Learner, key: jax.Array, x: jax.Array, y: jax.Array, test: Dataset,

@@ -131,6 +131,7 @@ def test_closed_form_defaults_reproduce_the_original_model(tmp_path, features, i
     (["--method", "kip", "--kernel-depth", "-1"], "--kernel-depth: expected an integer >= 1 and <= 64"),
     (["--method", "kip", "--kernel-depth", "0"], "--kernel-depth: expected an integer >= 1 and <= 64"),
     (["--method", "kip", "--reg", "-0.001"], "--reg: expected a number >= 0"),
+    (["--method", "kip", "--full-data-max", "0"], "--full-data-max: expected an integer >= 1"),
     (["--method", "kip", "--init", "zeros"], "--init: expected one of: real, noise"),
     (["--method", "krr-closed-form", "--features", "poly"], "--features: expected one of"),
     (["--method", "krr-closed-form", "--lam-s", "-1"], "--lam-s: expected a number >= 0"),

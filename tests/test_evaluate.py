@@ -159,3 +159,30 @@ def test_network_learner_passes_augment_through():
     np.testing.assert_array_equal(a.accuracies, b.accuracies)
     assert "augmentation" not in base.config and ident.config["augmentation"] == "<lambda>"
     assert ident.full_data.config["augmentation"] == "<lambda>"
+
+
+def test_kernel_full_data_cap_fits_each_model_on_its_own_random_subset():
+    from jdd.evaluate import kernel_learner
+    from jdd.kernels import fc_kernel
+    from jdd.kernels.krr import krr_predict
+    train, test = load_digits()
+    kfn = fc_kernel(depth=1)
+    capped = kernel_learner(kfn, 1e-4, "krr", full_data_max=200)
+    res = evaluate_full_data(capped, jax.random.key(3), train, test, 3)
+    assert "random 200" in res.learner
+    looped = []
+    for k in jax.random.split(jax.random.key(3), 3):
+        idx = jax.random.choice(k, train.n, (200,), replace=False)
+        pred = krr_predict(kfn, train.x[idx], jax.nn.one_hot(train.y[idx], 10), test.x, 1e-4)
+        looped.append(float(jnp.mean(jnp.argmax(pred, -1) == test.y)))
+    np.testing.assert_allclose(res.accuracies, looped, atol=1e-6)
+    assert len(set(looped)) > 1                               # a different subset per model
+    # at or above the training-set size the cap changes nothing: exact KRR on all of it
+    whole = evaluate_full_data(kernel_learner(kfn, 1e-4), jax.random.key(3), train, test, 1)
+    at_cap = evaluate_full_data(kernel_learner(kfn, 1e-4, full_data_max=train.n),
+                                jax.random.key(3), train, test, 1)
+    assert whole.accuracies.tolist() == at_cap.accuracies.tolist()
+    assert whole.mean > max(looped)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="full_data_max"):
+            kernel_learner(kfn, full_data_max=bad)
