@@ -883,7 +883,9 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         depth = conf.get("kernel_depth", 2)
         reg = c.reg if c.reg is not None else saved.get("reg", 1e-6)
         cap = conf.get("full_data_max", _kip_fields()["full_data_max"].default)
-        return (kernel_learner(kernel_fn_by_name(kname, depth), reg,
+        from jdd.distill.kip import evaluation_kernel
+        kfn = evaluation_kernel(kernel_fn_by_name(kname, depth), kname, train.feature_shape)
+        return (kernel_learner(kfn, reg,
                                name=f"krr[{kname}, depth {depth}]", full_data_max=cap),
                 f"krr-{kname}", False)
     name, kw = _eval_network(c, meta)

@@ -178,3 +178,30 @@ def test_init_real_noise_labels_and_checks():
         kip(fc_kernel(1), ipc=9).init(jax.random.key(0), data)
     with pytest.raises(ValueError, match="init"):
         kip(fc_kernel(1), ipc=1, init="zeros")
+
+
+def test_evaluation_kernel_tiles_bound_the_product_and_keep_its_values(monkeypatch):
+    import importlib
+    kipmod = importlib.import_module("jdd.distill.kip")   # jdd.distill.kip is also a function
+    from jdd.kernels import conv_kernel, fc_kernel
+    x1 = jax.random.normal(jax.random.key(0), (23, 8, 8, 1))
+    x2 = jax.random.normal(jax.random.key(1), (9, 8, 8, 1))
+    conv, fc = conv_kernel(depth=1), fc_kernel(depth=2)
+    # default tiles: 512 x 512 pairs at 64 positions; these products fit in one: unchanged
+    assert jnp.array_equal(kipmod.evaluation_kernel(conv, "conv-ntk", (8, 8, 1))(x1, x2),
+                           conv(x1, x2))
+    # 64 positions x 20 entries per tile -> 4 x 4 pairs per tile; FC: 1 position -> 35 x 35
+    monkeypatch.setattr(kipmod, "EVAL_TILE_ENTRIES", 64 * 20)
+    calls = []
+
+    def spy(a, b):
+        calls.append((a.shape[0], b.shape[0]))
+        return conv(a, b)
+    tiled = kipmod.evaluation_kernel(spy, "conv-ntk", (8, 8, 1))(x1, x2)
+    assert set(calls) == {(4, 4)}
+    np.testing.assert_allclose(tiled, conv(x1, x2), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    kipmod.evaluation_kernel(lambda a, b: spy(a, b), "fc-ntk", (8, 8, 1))(x1, x2)
+    assert set(calls) == {(23, 9)}                 # 35 x 35 tiles: the product fits in one
+    np.testing.assert_allclose(kipmod.evaluation_kernel(fc, "fc-ntk", (8, 8, 1))(x1, x2),
+                               fc(x1, x2), rtol=1e-6)

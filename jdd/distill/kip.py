@@ -29,6 +29,7 @@ dtype: ``dtype=None`` follows the real inputs' dtype (float32 by default; float6
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -206,6 +207,31 @@ KERNELS = ("fc-ntk", "fc-nngp", "conv-ntk", "conv-nngp", "conv-gap-ntk", "conv-g
            "linear", "rbf")
 
 
+#: Kernel entries (input pairs x image positions) per tile when a learner evaluates a kernel:
+#: intermediates of about 64 MB each in float32.
+EVAL_TILE_ENTRIES = 2 ** 24
+
+
+def evaluation_kernel(kernel_fn: KernelFn, name: str, feature_shape: tuple) -> KernelFn:
+    """``kernel_fn`` evaluated in square tiles of bounded size, for the KRR learner.
+
+    Scoring a set means ``K(test, support)``, and a baseline's support can be thousands of
+    images: a convolutional kernel (flatten readout) keeps an (n1, n2, H, W) covariance per layer,
+    233 GB for Fashion-MNIST's 10 000 test images against 500 support images. The tiles hold
+    about :data:`EVAL_TILE_ENTRIES` pair-position entries (positions: ``H * W`` for the ``conv``
+    kernels, 1 otherwise); a product that fits in one tile is evaluated unchanged.
+
+    Args:
+        kernel_fn: ``(x1: (n1, ...), x2: (n2, ...)) -> (n1, n2)``.
+        name: its name in :data:`KERNELS` (which decides the positions per pair).
+        feature_shape: one input's shape, e.g. (28, 28, 1).
+    """
+    from jdd.kernels.blocked import blocked
+    positions = math.prod(feature_shape[:-1]) if name.startswith("conv") else 1
+    b = max(1, math.isqrt(EVAL_TILE_ENTRIES // positions))
+    return blocked(kernel_fn, b, b)
+
+
 def kernel_by_name(name: str, depth: int = 2) -> KernelFn:
     """A jdd kernel function by name (see :data:`KERNELS`); ``depth`` hidden layers."""
     import jdd.kernels as K
@@ -267,7 +293,8 @@ def _build(cfg: KipConfig, spec: RunSpec) -> Plan:
             batch_size=cfg.batch_size, target_block=cfg.target_block,
             param=make_param(cfg, spec, init=cfg.init,
                              labels="raw" if cfg.learn_labels else "hard"))
-    learner = kernel_learner(kfn, cfg.reg, name=f"krr[{cfg.kernel}, depth {cfg.kernel_depth}]",
+    learner = kernel_learner(evaluation_kernel(kfn, cfg.kernel, spec.feature_shape), cfg.reg,
+                             name=f"krr[{cfg.kernel}, depth {cfg.kernel_depth}]",
                              full_data_max=cfg.full_data_max)
     return Plan(d, learner, {**to_dict(cfg), "outer_lr": lr, "outer_schedule": schedule,
                              **param_info(cfg, spec)})
