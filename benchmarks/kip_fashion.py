@@ -128,10 +128,12 @@ def main(argv=None) -> int:
         for ipc in args.ipcs:
             rows.append(run_row(kernel, ipc, args, work))
             r = rows[-1]
-            print(f"{kernel} ipc {ipc}: {pm(r['result']['test_accuracy_mean'], r['result']['test_accuracy_std'])} %"
-                  f" (random {100 * r['random_subset']['test_accuracy_mean']:.2f}, full "
-                  f"{100 * r['full_data']['test_accuracy_mean']:.2f}), {r['cpu_seconds']:.0f} CPU s, "
-                  f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+            res = r["result"]
+            print(f"{kernel} ipc {ipc}: "
+                  f"{pm(res['test_accuracy_mean'], res['test_accuracy_std'])} % (random "
+                  f"{100 * r['random_subset']['test_accuracy_mean']:.2f}, full "
+                  f"{100 * r['full_data']['test_accuracy_mean']:.2f}), "
+                  f"{r['cpu_seconds']:.0f} CPU s, peak {r['peak_rss_mib']:.0f} MiB", flush=True)
             kept = [] if args.quick else earlier_rows(path, rows, _key)
             write_result(path, "kip_fashion", args.quick,
                          {"target_block": args.target_block, "batch": "whole training set",

@@ -13,9 +13,9 @@ Closed form: everything it needs (ridge selection on a 95/5 stratified split of 
 ``W``, the construction) compiled into ONE program with ``jax.jit``; timed cold (with compilation)
 and warm (new keys; best of three). KIP (``jdd.distill.kip``; the paper's protocol: Adam 0.01,
 30k iterations, learned labels, batches of 5000 real examples (the whole training set when it
-has fewer, as digits has); real init) runs in jitted ``lax.scan`` chunks (``jdd.distill.scan_steps``, the chunks
-``jdd.distill.distill`` runs); after each chunk the clock is stopped to evaluate test accuracy
-(the curve only measures when KIP gets there; nothing is selected from it). Reported:
+has fewer, as digits has); real init) runs in jitted ``lax.scan`` chunks
+(``jdd.distill.scan_steps``, the chunks ``jdd.distill.distill`` runs); after each chunk the clock
+is stopped to evaluate test accuracy (the curve only measures when KIP gets there; nothing is selected from it). Reported:
 
 * speedup protocol: KIP's whole 30k-step run (the paper's Table 4 timing) over the closed
   form's warm time, with both accuracies side by side (KIP's final accuracy must be within
@@ -248,11 +248,44 @@ def main(argv=None):
     batch = "full batch" if train.n <= KIP_BATCH else f"batches of {KIP_BATCH}"
     rows = []
     print(f"{args.dataset}: train {train.n}, test {test.n}, {args.features} features "
-          f"(p={fm.p}), KIP float32, closed form {cf_dtype}, {device_string()}; KIP {steps} steps ({batch}), evaluated "
-          f"every {chunk}")
+          f"(p={fm.p}), KIP float32, closed form {cf_dtype}, {device_string()}; KIP {steps} "
+          f"steps ({batch}), evaluated every {chunk}")
     print(f"{'IPC':>4} {'solver':>6} {'closed acc':>10} {'cold s':>7} {'warm s':>7} "
           f"{'KIP final':>9} {'KIP s':>7} {'KIP s oracle':>12} {'speedup protocol':>16} "
           f"{'speedup oracle':>14} {'speedup cold':>12}")
+
+    def write():
+        """The JSON (and figure) of the rows so far: written after every row."""
+        out = {"benchmark": "krr_vs_kip", "paper": "Chen, Huang & Weng, NeurIPS 2024, Table 4",
+               "dataset": args.dataset, "n_train": train.n, "max_train": args.max_train,
+               "device": device_string(), "jax": jax.__version__,
+               "dtype": f"KIP float32, closed form {cf_dtype}",
+               "quick": args.quick, "seed": args.seed, "kip_steps": steps, "eval_every": chunk,
+               "tol_points": args.tol, "rows": rows,
+               "settings": {"kernel": f"{args.features} features' kernel_fn, p = {fm.p}",
+                            "kip": f"adam 0.01, learned labels, {batch} (n={train.n}), real init, "
+                                   "reg 1e-6 * tr(K_ss)/m",
+                            "closed_form": "noise init, lam_s auto, lam on a 95/5 stratified "
+                                           "split of train; ridge solvers svd and gram timed",
+                            "ipc": f"m = 10 * ipc < p = {fm.p}: above that the feature kernel's "
+                                   "K_ss is singular and float32 KIP breaks down (the paper's "
+                                   "settings all have m < p)",
+                            "timing": "warm: closed form = lam selection + fit + "
+                                      "construction in one compiled program, new keys, best of "
+                                      "3; reach: KIP init + steps until it first reaches the "
+                                      "closed form's accuracy minus tol (or its whole budget), "
+                                      "compilation and evaluation excluded; protocol: KIP's "
+                                      "whole run; cold: both with compilation."}}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        png = plot(rows, os.path.splitext(path)[0] + ".png", args.dataset)
+        out["figure"] = None if png is None else os.path.basename(png)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(out, fh, indent=1)
+        os.replace(tmp, path)
+        print(f"wrote {path}" + (f" and {png}" if png else ""))
+        return out
+
     for ipc in ipcs:
         # both ridge solvers of the closed form, timed in the same run (same lam, same accuracy)
         by_solver = {sv: closed_form_run(fm, train, test, ipc, args.seed, sv, cf_dtype)
@@ -278,34 +311,7 @@ def main(argv=None):
                   f"{(ge[:1] + ' ' if bound else '') + f'{t_kip:.2f}':>12} "
                   f"{f'{prot:.0f}x':>16} {ge + f'{orac:.0f}x':>14} {ge + f'{cold:.1f}x':>12}",
                   flush=True)
-    out = {"benchmark": "krr_vs_kip", "paper": "Chen, Huang & Weng, NeurIPS 2024, Table 4",
-           "dataset": args.dataset, "n_train": train.n, "max_train": args.max_train,
-           "device": device_string(), "jax": jax.__version__,
-           "dtype": f"KIP float32, closed form {cf_dtype}",
-           "quick": args.quick, "seed": args.seed, "kip_steps": steps, "eval_every": chunk,
-           "tol_points": args.tol, "rows": rows,
-           "settings": {"kernel": f"{args.features} features' kernel_fn, p = {fm.p}",
-                        "kip": f"adam 0.01, learned labels, {batch} (n={train.n}), real init, "
-                               "reg 1e-6 * tr(K_ss)/m",
-                        "closed_form": "noise init, lam_s auto, lam on a 95/5 stratified "
-                                       "split of train; ridge solvers svd and gram timed",
-                        "ipc": f"m = 10 * ipc < p = {fm.p}: above that the feature kernel's "
-                               "K_ss is singular and float32 KIP breaks down (the paper's "
-                               "settings all have m < p)",
-                        "timing": "warm: closed form = lam selection + fit + construction "
-                                  "in one compiled program, new keys, best of 3; reach: KIP init "
-                                  "+ steps until it first reaches the closed form's accuracy minus "
-                                  "tol (or its whole budget), compilation and evaluation "
-                                  "excluded; protocol: KIP's whole run; cold: both with "
-                                  "compilation."}}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    png = plot(rows, os.path.splitext(path)[0] + ".png", args.dataset)
-    out["figure"] = None if png is None else os.path.basename(png)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(out, fh, indent=1)
-    os.replace(tmp, path)
-    print(f"wrote {path}" + (f" and {png}" if png else ""))
+        out = write()
     return out
 
 
