@@ -15,7 +15,8 @@ and warm (new keys; best of three). KIP (``jdd.distill.kip``; the paper's protoc
 30k iterations, learned labels, batches of 5000 real examples (the whole training set when it
 has fewer, as digits has); real init) runs in jitted ``lax.scan`` chunks
 (``jdd.distill.scan_steps``, the chunks ``jdd.distill.distill`` runs); after each chunk the clock
-is stopped to evaluate test accuracy (the curve only measures when KIP gets there; nothing is selected from it). Reported:
+is stopped to evaluate test accuracy (the curve only measures when KIP gets there; nothing is
+selected from it). Reported:
 
 * speedup protocol: KIP's whole 30k-step run (the paper's Table 4 timing) over the closed
   form's warm time, with both accuracies side by side (KIP's final accuracy must be within
