@@ -147,6 +147,27 @@ def nonnegative(text: str) -> float:
     return v
 
 
+def standardise(train, test, max_train: int | None = None, seed: int = 0, dtype="float64"):
+    """Flattened train and test :class:`jdd.data.Dataset` s in ``dtype``, standardised with the
+    training split's global mean and std; ``max_train``: a random subset of that many training
+    examples first (the statistics are the subset's). Returns ``(train, test, mean, std)``."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jdd.data import Dataset
+    xtr = np.asarray(train.x, np.float64).reshape(train.n, -1)
+    ytr = np.asarray(train.y)
+    if max_train is not None and train.n > max_train:
+        idx = np.sort(np.random.default_rng(seed).choice(train.n, max_train, replace=False))
+        xtr, ytr = xtr[idx], ytr[idx]
+    mu, sd = xtr.mean(), xtr.std()
+    xte = np.asarray(test.x, np.float64).reshape(test.n, -1)
+    tr = Dataset(jnp.asarray(((xtr - mu) / sd).astype(dtype)), jnp.asarray(ytr, jnp.int32),
+                 train.num_classes, train.name)
+    te = Dataset(jnp.asarray(((xte - mu) / sd).astype(dtype)), test.y, test.num_classes,
+                 test.name)
+    return tr, te, float(mu), float(sd)
+
+
 def resumable(argv: list[str], out: str, every: int) -> list[str]:
     """A ``jdd distill`` command line for a benchmark row kept in ``out``: it resumes the run
     that an interruption left there (its checkpoint folder), else starts it with a checkpoint

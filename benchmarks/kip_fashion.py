@@ -45,6 +45,8 @@ from _common import (earlier_rows, parse_args, pm, positive, resumable, table,  
                      write_result)
 
 KERNELS = ("fc-ntk", "conv-ntk")
+#: The repository root: the child processes import this checkout's jdd.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Runs one ``jdd`` command line in a child process and prints the child's own CPU seconds and
 #: peak resident memory (each row gets a fresh process, so the peak is that row's).
 CHILD = ("import resource, sys\n"
@@ -93,10 +95,9 @@ def run_row(kernel: str, ipc: int, args, work: str) -> dict:
     if args.quick:      # the flow only: numbers not for quoting
         argv += ["--steps", "2", "--full-data-max", "500"]
     argv = resumable(argv, out, args.checkpoint_every) if args.keep else argv + ["--overwrite"]
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [os.path.dirname(os.path.dirname(
-                                  os.path.abspath(__file__))), os.environ.get("PYTHONPATH")]))})
+                          env={**os.environ, "PYTHONPATH": path})
     usage = [ln.split() for ln in proc.stdout.splitlines() if ln.startswith("JDD_USAGE")]
     if proc.returncode != 0 or not usage:
         raise SystemExit(f"jdd {' '.join(argv)} failed ({proc.returncode}):\n"

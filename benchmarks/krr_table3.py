@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jdd.data import DataError, Dataset, load_dataset  # noqa: E402
+from _common import standardise  # noqa: E402
+
+from jdd.data import DataError, load_dataset  # noqa: E402
 from jdd.distill.krr_closed_form import (accuracy, closed_form_distill, fit_ridge,  # noqa: E402
                                          select_lambda)
 from jdd.kernels.features import feature_map  # noqa: E402
@@ -47,21 +50,6 @@ def device_string() -> str:
     if dev.platform == "cpu":
         return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     return f"{dev.platform.upper()} ({dev.device_kind})"
-
-
-def standardise(train: Dataset, test: Dataset, max_train: int | None, seed: int):
-    """Flatten, float64, global mean/std of train applied to both; optional train subsample."""
-    xtr = np.asarray(train.x, np.float64).reshape(train.n, -1)
-    ytr = np.asarray(train.y)
-    if max_train is not None and train.n > max_train:
-        idx = np.sort(np.random.default_rng(seed).choice(train.n, max_train, replace=False))
-        xtr, ytr = xtr[idx], ytr[idx]
-    mu, sd = xtr.mean(), xtr.std()
-    xte = np.asarray(test.x, np.float64).reshape(test.n, -1)
-    tr = Dataset(jnp.asarray((xtr - mu) / sd), jnp.asarray(ytr, jnp.int32), train.num_classes,
-                 train.name)
-    te = Dataset(jnp.asarray((xte - mu) / sd), test.y, test.num_classes, test.name)
-    return tr, te, float(mu), float(sd)
 
 
 def timed(fn, *args):

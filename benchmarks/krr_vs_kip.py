@@ -53,10 +53,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import standardise  # noqa: E402
 
 from jdd.data import Dataset, load_dataset  # noqa: E402
 from jdd.distill import scan_steps  # noqa: E402
@@ -67,7 +69,6 @@ from jdd.kernels import krr_accuracy  # noqa: E402
 from jdd.kernels.features import feature_map  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_JSON = os.path.join(HERE, "results", "krr_vs_kip.json")
 REG = 1e-6
 #: The paper's KIP batch of real examples per step (the whole set when it is smaller).
 KIP_BATCH = 5000
@@ -86,14 +87,7 @@ def standardised(name: str, max_train: int | None = None, seed: int = 0):
     """Train and test splits flattened, float32, standardised with train's global mean and std;
     ``max_train``: a random subset of that many training examples (quick runs only)."""
     train, test = load_dataset(name)
-    if max_train is not None and train.n > max_train:
-        idx = np.sort(np.random.default_rng(seed).choice(train.n, max_train, replace=False))
-        train = Dataset(train.x[idx], train.y[idx], train.num_classes, train.name)
-    xtr = np.asarray(train.x, np.float32).reshape(train.n, -1)
-    xte = np.asarray(test.x, np.float32).reshape(test.n, -1)
-    mu, sd = xtr.mean(), xtr.std()
-    mk = lambda x, ds: Dataset(jnp.asarray((x - mu) / sd), ds.y, ds.num_classes, ds.name)  # noqa
-    return mk(xtr, train), mk(xte, test)
+    return standardise(train, test, max_train, seed, dtype="float32")[:2]
 
 
 def closed_form_run(fm, train, test, ipc, seed, solver="svd", dtype=jnp.float32):
@@ -205,7 +199,9 @@ def plot(rows, path, dataset):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="IPC 1, 400 KIP steps")
-    ap.add_argument("--json", default=None, help=f"output JSON (default {DEFAULT_JSON})")
+    ap.add_argument("--json", default=None,
+                    help="output JSON (default results/krr_vs_kip[_DATASET][_FEATURES].json, "
+                         "digits and fcnn left out)")
     ap.add_argument("--features", default="fcnn", choices=("linear", "rff", "fcnn"))
     ap.add_argument("--dataset", default="digits", choices=tuple(IPCS))
     ap.add_argument("--ipcs", default=None,

@@ -862,12 +862,6 @@ def _check_evaluate_options(c: EvaluateConfig, meta: dict) -> None:
         raise CLIError(str(e)) from None
 
 
-def _kip_fields():
-    import dataclasses
-    from jdd.distill.kip import KipConfig
-    return {f.name: f for f in dataclasses.fields(KipConfig)}
-
-
 def _eval_learner(c: EvaluateConfig, meta: dict, train):
     """(learner, tag, use_learned_lr) for a saved run under the evaluate options."""
     from jdd.evaluate import (full_data_config, kernel_learner, network_learner,
@@ -882,8 +876,8 @@ def _eval_learner(c: EvaluateConfig, meta: dict, train):
         kname = c.kernel or conf.get("kernel", "fc-ntk")
         depth = conf.get("kernel_depth", 2)
         reg = c.reg if c.reg is not None else saved.get("reg", 1e-6)
-        cap = conf.get("full_data_max", _kip_fields()["full_data_max"].default)
-        from jdd.distill.kip import evaluation_kernel
+        from jdd.distill.kip import KipConfig, evaluation_kernel
+        cap = conf.get("full_data_max", KipConfig().full_data_max)   # runs from before the cap
         kfn = evaluation_kernel(kernel_fn_by_name(kname, depth), kname, train.feature_shape)
         return (kernel_learner(kfn, reg,
                                name=f"krr[{kname}, depth {depth}]", full_data_max=cap),

@@ -277,7 +277,7 @@ def kernel_learner(kernel_fn: Callable, reg: float = 1e-6, name: str = "krr",
             return (x[idx], y[idx])
 
         config["full_data_max"] = cap
-        full = Learner(name=f"{name} on a random {cap} of the training examples (when more)",
+        full = Learner(name=f"{name} on at most {cap} training examples (a random subset)",
                        fit=fit_capped, accuracy=acc, config=config)
     return Learner(name=name, fit=fit, accuracy=acc, config=config, full_data=full)
 
