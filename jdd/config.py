@@ -109,8 +109,8 @@ def convert(name: str, tp, meta: dict, value: Any) -> Any:
     base, optional = _base_type(tp)
     shown = flag(name)
     none_is_a_choice = "none" in (meta.get("choices") or ())   # e.g. --norm none: no norm
-    if value is None or (optional and isinstance(value, str) and (
-            value == "" or (value.lower() == "none" and not none_is_a_choice))):
+    if value is None or value == "" or (optional and isinstance(value, str) and (
+            value.lower() == "none" and not none_is_a_choice)):
         if optional:
             return None
         raise ConfigError(f"{shown}: expected {_describe(tp, meta)}; got nothing")

@@ -5,7 +5,8 @@ A config file is YAML (read with PyYAML's ``safe_load``: no code runs) holding o
 
 * a run: a mapping of option names to values, ``method`` included. Every ``jdd distill`` flag is
   an option (``lr_img`` or ``lr-img``; lists for multi-value flags; ``true``/``false`` for
-  switches; ``null`` for "unset, use the default")::
+  switches; ``null`` for none, the value of an option that takes none, such as KIP's
+  ``batch_size: null``, the whole training set; leave a key out for its default)::
 
       method: dm
       dataset: fashion_mnist
@@ -194,14 +195,18 @@ def format_out(out: Any, values: dict, index: int) -> Any:
 
 
 def to_argv(values: dict) -> list[str]:
-    """Command-line tokens for a run's options (``None`` values are left out: the default),
-    so that a file is checked by exactly the parser that checks flags."""
+    """Command-line tokens for a run's options, so that a file is checked by exactly the parser
+    that checks flags. ``None`` becomes an empty value, which the parser reads as none for an
+    option that takes none and refuses for one that does not: a resolved ``config.yaml``
+    holding ``batch_size: null`` reproduces a run on the whole training set, not one with the
+    default batch."""
     from jdd.config import flag
     argv = []
     for name, v in values.items():
-        if v is None:
-            continue
         f = flag(name)
+        if v is None:
+            argv += [f, ""]
+            continue
         if isinstance(v, bool):
             argv.append(f if v else "--no-" + f[2:])
         elif isinstance(v, (list, tuple)):

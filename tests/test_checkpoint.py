@@ -205,3 +205,25 @@ def test_sigterm_in_the_middle_of_a_chunk_checkpoints_and_resumes_to_the_same_by
     a, b = load_distilled(tmp_path / "whole"), load_distilled(out)
     for f in ("x", "y", "lr"):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_resume_keeps_options_whose_value_is_none_but_whose_default_is_not(tmp_path,
+                                                                          monkeypatch):
+    """KIP with ``--batch-size none`` (the whole training set each step; the default is 256)
+    and no cap on its full-data baseline: the checkpoint's config.yaml holds ``null`` for both,
+    and resuming reads them back as none, not as the defaults."""
+    run = ["distill", "--method", "kip", "--ipc", "1", "--steps", "6", "--log-every", "1",
+           "--batch-size", "none", "--full-data-max", "none", "--no-eval", "--quiet"]
+    assert main(run + ["--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "cut"
+    _interrupt_after(monkeypatch, 3)
+    assert main(run + ["--out", str(out), "--checkpoint-every", "2"]) == 130
+    monkeypatch.undo()
+    assert main(["distill", "--resume", str(out), "--quiet"]) == 0
+    a, b = load_distilled(tmp_path / "whole"), load_distilled(out)
+    import yaml
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["batch_size"] is None and resolved["full_data_max"] is None
+    np.testing.assert_array_equal(a.x, b.x)
+    np.testing.assert_array_equal(a.y, b.y)
+    assert json.load(open(out / "metrics.json"))["resumed_from_step"] == 3

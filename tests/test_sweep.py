@@ -63,7 +63,8 @@ def test_out_templates_and_argv_tokens():
         sweep.format_out("r/{ipc", {"ipc": 1}, 0)
     assert sweep.to_argv({"ipc": 10, "quiet": True, "eval": False, "hidden": [64, 32],
                           "data_dir": None, "lr": 1e-05}) == \
-        ["--ipc", "10", "--quiet", "--no-eval", "--hidden", "64", "32", "--lr", "1e-05"]
+        ["--ipc", "10", "--quiet", "--no-eval", "--hidden", "64", "32", "--data-dir", "",
+         "--lr", "1e-05"]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -131,6 +132,7 @@ grid:
     ("- method: kip\n  out: X\n- method: kip\n  out: X\n", "2 entries of the sweep write there"),
     ("method: kip\nout: X/{seeed}\n", "names no option"),
     ("method: kip\nout: X\ngrid: {steps: [1, -1]}\n", "entry 1: --steps: expected"),
+    ("method: kip\nout: X\nipc: null\n", "--ipc: expected an integer >= 1 and <= 100000; got nothing"),
 ])
 def test_bad_config_files_are_refused_before_any_work(tmp_path, capsys, monkeypatch, text, msg):
     import jdd.cli as cli
@@ -140,6 +142,24 @@ def test_bad_config_files_are_refused_before_any_work(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_null_is_none_for_an_option_that_takes_none(tmp_path):
+    """``batch_size: null`` is KIP on the whole training set (the default batch is 256); a key
+    left out keeps its default."""
+    from jdd.cli import parse_distill_runs
+    path = _write(tmp_path / "run.yaml", f"""
+method: kip
+batch_size: null
+full_data_max: null
+lr: null
+out: {tmp_path / 'a'}
+""")
+    (_, _, cfg), = parse_distill_runs(["--config", path])[0]
+    assert cfg.batch_size is None and cfg.full_data_max is None and cfg.lr is None
+    path = _write(tmp_path / "run2.yaml", f"method: kip\nout: {tmp_path / 'b'}\n")
+    (_, _, cfg), = parse_distill_runs(["--config", path])[0]
+    assert cfg.batch_size == 256 and cfg.full_data_max == 20000
 
 
 def test_missing_config_and_index_without_config(tmp_path, capsys):
