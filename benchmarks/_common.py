@@ -170,14 +170,15 @@ def standardise(train, test, max_train: int | None = None, seed: int = 0, dtype=
 
 def resumable(argv: list[str], out: str, every: int) -> list[str]:
     """A ``jdd distill`` command line for a benchmark row kept in ``out``: it resumes the run
-    that an interruption left there (its checkpoint folder), else starts it with a checkpoint
-    (and a logged entry) every ``every`` steps, replacing an earlier finished run. A method
-    that runs in one piece (SRe2L, the closed form) has no checkpoints: it simply runs again."""
+    that an interruption left there (its checkpoint folder holds a checkpoint), else starts it
+    with a checkpoint (and a logged entry) every ``every`` steps, replacing an earlier finished
+    run and the folder of one stopped before its first checkpoint. A method that runs in one
+    piece (SRe2L, the closed form) has no checkpoints: it simply runs again."""
     from jdd import methods
-    from jdd.checkpoint import folder_of
+    from jdd.checkpoint import RunCheckpoints, folder_of
     if methods.get(argv[argv.index("--method") + 1]).run is not None:
         return argv + ["--overwrite"]
-    if os.path.isfile(os.path.join(folder_of(out), "identity.json")):
+    if RunCheckpoints(folder_of(out), None).latest_step() is not None:
         print(f"resuming the interrupted run {out}", flush=True)
         return ["distill", "--resume", out]
     every = str(every)

@@ -1,6 +1,5 @@
 """The benchmark scripts' shared helpers (benchmarks/_common.py) that decide what a row runs."""
 
-import json
 import os
 import sys
 
@@ -25,10 +24,22 @@ def test_resumable_one_piece_method_just_reruns(tmp_path):
         assert resumable(_argv(m), str(tmp_path / m), 7) == _argv(m) + ["--overwrite"]
 
 
-def test_resumable_resumes_an_interrupted_run(tmp_path):
-    from jdd.checkpoint import folder_of
+def test_resumable_resumes_an_interrupted_run_with_a_checkpoint(tmp_path):
+    from typing import NamedTuple
+
+    import numpy as np
+
+    from jdd.checkpoint import RunCheckpoints, folder_of
+
+    class State(NamedTuple):
+        x: np.ndarray
+        step: np.ndarray
+
     out = str(tmp_path / "run")
-    os.makedirs(folder_of(out))
-    with open(os.path.join(folder_of(out), "identity.json"), "w") as f:
-        json.dump({}, f)
+    ck = RunCheckpoints(folder_of(out), 7)
+    ck.start({"options": {}}, "method: dc\n")
+    # stopped before its first checkpoint: nothing to resume, so it starts again
+    assert resumable(_argv("dc"), out, 7) == _argv("dc") + [
+        "--checkpoint-every", "7", "--log-every", "7", "--overwrite"]
+    ck.save(State(np.zeros(3, np.float32), np.int32(7)), {}, [])
     assert resumable(_argv("dc"), out, 7) == ["distill", "--resume", out]
