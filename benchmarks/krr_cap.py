@@ -30,7 +30,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import earlier_rows, parse_args, pm, positive, table, write_result  # noqa: E402
+from _common import (earlier_rows, nonnegative, parse_args, pm, positive, table,  # noqa: E402
+                     write_result)
 
 
 def _sizes(text: str) -> list[int]:
@@ -48,7 +49,8 @@ def _extra(p):
                    help="training subset sizes (a size >= the training set is exact KRR on all)")
     p.add_argument("--kernel", choices=KERNELS, default=d.kernel)
     p.add_argument("--kernel-depth", type=positive, default=d.kernel_depth)
-    p.add_argument("--reg", type=float, default=d.reg)
+    p.add_argument("--reg", type=nonnegative, default=d.reg,
+                   help="KRR ridge, relative to the kernel's mean diagonal")
     p.add_argument("--n-models", type=positive, default=2,
                    help="random subsets per size (each model its own)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,8 +85,6 @@ def main(argv=None) -> int:
     args = parse_args("krr_cap", __doc__.splitlines()[0], _extra, argv)
     if args.quick:
         args.dataset, args.sizes, args.n_models = "digits", [200, 400, 800, 2000], 2
-    if not (args.reg >= 0):
-        raise SystemExit(f"--reg: expected a number >= 0; got {args.reg}")
     from jdd.data import load_dataset
     load_dataset(args.dataset)          # a clear error now if it is missing, before any run
     path = args.json

@@ -220,8 +220,8 @@ def test_resume_keeps_options_whose_value_is_none_but_whose_default_is_not(tmp_p
     assert main(run + ["--out", str(out), "--checkpoint-every", "2"]) == 130
     monkeypatch.undo()
     assert main(["distill", "--resume", str(out), "--quiet"]) == 0
-    a, b = load_distilled(tmp_path / "whole"), load_distilled(out)
     import yaml
+    a, b = load_distilled(tmp_path / "whole"), load_distilled(out)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["batch_size"] is None and resolved["full_data_max"] is None
     np.testing.assert_array_equal(a.x, b.x)

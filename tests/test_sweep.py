@@ -132,7 +132,8 @@ grid:
     ("- method: kip\n  out: X\n- method: kip\n  out: X\n", "2 entries of the sweep write there"),
     ("method: kip\nout: X/{seeed}\n", "names no option"),
     ("method: kip\nout: X\ngrid: {steps: [1, -1]}\n", "entry 1: --steps: expected"),
-    ("method: kip\nout: X\nipc: null\n", "--ipc: expected an integer >= 1 and <= 100000; got nothing"),
+    ("method: kip\nout: X\nipc: null\n",
+     "--ipc: expected an integer >= 1 and <= 100000; got nothing"),
 ])
 def test_bad_config_files_are_refused_before_any_work(tmp_path, capsys, monkeypatch, text, msg):
     import jdd.cli as cli
@@ -148,6 +149,7 @@ def test_null_is_none_for_an_option_that_takes_none(tmp_path):
     """``batch_size: null`` is KIP on the whole training set (the default batch is 256); a key
     left out keeps its default."""
     from jdd.cli import parse_distill_runs
+    from jdd.distill.kip import KipConfig
     path = _write(tmp_path / "run.yaml", f"""
 method: kip
 batch_size: null
@@ -159,7 +161,9 @@ out: {tmp_path / 'a'}
     assert cfg.batch_size is None and cfg.full_data_max is None and cfg.lr is None
     path = _write(tmp_path / "run2.yaml", f"method: kip\nout: {tmp_path / 'b'}\n")
     (_, _, cfg), = parse_distill_runs(["--config", path])[0]
-    assert cfg.batch_size == 256 and cfg.full_data_max == 20000
+    default = KipConfig()
+    assert default.batch_size is not None and default.full_data_max is not None
+    assert (cfg.batch_size, cfg.full_data_max) == (default.batch_size, default.full_data_max)
 
 
 def test_missing_config_and_index_without_config(tmp_path, capsys):
