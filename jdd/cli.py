@@ -381,14 +381,16 @@ def parse_distill_runs(argv: list[str]) -> tuple[list, bool]:
             if name not in methods.names():
                 raise CLIError(f"{where}: unknown method {name!r}; valid methods: "
                                f"{', '.join(methods.names())}")
-            valid = {f.name for cls in (methods.RunConfig, methods.get(name).config)
-                     for f, _, meta in fields(cls) if meta.get("cli", True)}
+            options = [(f, tp) for cls in (methods.RunConfig, methods.get(name).config)
+                       for f, tp, meta in fields(cls) if meta.get("cli", True)]
+            valid = {f.name for f, _ in options}
+            switches = {f.name for f, tp in options if tp is bool}
             unknown = sorted(set(values) - valid)
             if unknown:
                 raise CLIError(f"{where}: unknown option(s) {', '.join(unknown)} for --method "
                                f"{name}; valid: {', '.join(sorted(valid))}")
             try:
-                tokens = sweep.to_argv(values)
+                tokens = sweep.to_argv(values, switches)
             except sweep.SweepError as e:
                 raise CLIError(f"{where}: {e}") from None
             try:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import os
 import string
-from typing import Any
+from typing import Any, Iterable
 
 #: Array-job index variables: name -> offset subtracted (1 for 1-based schedulers).
 INDEX_VARIABLES = (("SLURM_ARRAY_TASK_ID", 0), ("PBS_ARRAY_INDEX", 0), ("PBS_ARRAYID", 0),
@@ -194,16 +194,31 @@ def format_out(out: Any, values: dict, index: int) -> Any:
         raise SweepError(f"out {out!r}: could not be filled in ({e})") from None
 
 
-def to_argv(values: dict) -> list[str]:
+def to_argv(values: dict, switches: Iterable[str] = ()) -> list[str]:
     """Command-line tokens for a run's options, so that a file is checked by exactly the parser
     that checks flags. ``None`` becomes an empty value, which the parser reads as none for an
     option that takes none and refuses for one that does not: a resolved ``config.yaml``
     holding ``batch_size: null`` reproduces a run on the whole training set, not one with the
-    default batch."""
+    default batch.
+
+    Args:
+        values: option name -> value, as read from a file.
+        switches: the names of on/off options (``--augment`` / ``--no-augment``). A switch
+            takes ``true`` or ``false`` only; anything else (``null``, ``1``, ``"yes"``) raises
+            here, where the option can still be named (argparse would only say "unrecognized
+            arguments").
+
+    Raises:
+        SweepError: a switch without a boolean, an empty list or a mapping.
+    """
     from jdd.config import flag
+    switches = frozenset(switches)
     argv = []
     for name, v in values.items():
         f = flag(name)
+        if name in switches and not isinstance(v, bool):
+            shown = "null" if v is None else repr(v)
+            raise SweepError(f"{name}: an on/off option; expected true or false; got {shown}")
         if v is None:
             argv += [f, ""]
             continue
