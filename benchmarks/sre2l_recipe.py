@@ -19,7 +19,8 @@ Usage::
     python benchmarks/sre2l_recipe.py --quick             # smoke test
 
 Writes results/sre2l_recipe.json after every recipe; entries of earlier invocations with the same
-settings are kept (a recipe run again replaces its entry).
+settings are kept (a recipe run again replaces its entry), the random-subset bar included, so
+recipes can be added by separate invocations.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
             results = {**old.get("results", {}), **results}
     rows = []
     for label, learner in (("KD", kd), ("hard", hard)):
+        if f"random_{label}" in results:        # an earlier invocation with these settings
+            continue
         r = np.concatenate([evaluate_random_subset(learner, jax.random.key(20 + s), fit, val,
                                                    ipc, n_models).accuracies
                             for s in range(seeds)])
