@@ -20,6 +20,12 @@ NeurIPS 2024: directed weight adjustment) as a flag of the recover stage.
    baselines alike; the run also reports the hard-label evaluation (the class each image was
    recovered for) beside it.
 
+The recover recipe's defaults, ``lr = 0.05`` and ``r_bn = 1`` over 1000 iterations, were chosen
+on a validation split of digits train (``benchmarks/sre2l_recipe.py``). The official CIFAR
+recover script's ``lr = 0.25, r_bn = 0.01`` scored 4.7 points lower there: with images
+standardised per pixel and small teachers, the BatchNorm term needs a larger weight to shape
+the images.
+
 Choices left open by the papers, each a parameter: images start as N(0, 1) noise in the
 preprocessed space and are not clipped; the BatchNorm term weighs every layer equally (no extra
 weight on the first); KD at temperature 1.
@@ -209,8 +215,8 @@ class SRe2LConfig(EvalOptions):
                                     ge=1, le=4096)
     teacher_epochs: int = opt(30, "squeeze: teacher training epochs", ge=1, le=100000)
     teacher_lr: float = opt(0.05, "squeeze: peak SGD learning rate (cosine)", gt=0, le=10)
-    lr: float = opt(0.1, "recover: Adam learning rate of the images (cosine)", gt=0, le=1e4)
-    r_bn: float = opt(0.01, "recover: weight of the BatchNorm statistics term", ge=0, le=1e6)
+    lr: float = opt(0.05, "recover: Adam learning rate of the images (cosine)", gt=0, le=1e4)
+    r_bn: float = opt(1.0, "recover: weight of the BatchNorm statistics term", ge=0, le=1e6)
     augment: str = opt("crop", "recover: augmentation of the images at every iteration",
                        choices=("crop", "none"))
     dwa: bool = opt(False, "DWA: perturb the teacher before each batch (Du et al. 2024)")
