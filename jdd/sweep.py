@@ -203,7 +203,7 @@ def to_argv(values: dict, switches: Iterable[str] = ()) -> list[str]:
 
     Args:
         values: option name -> value, as read from a file.
-        switches: the names of on/off options (``--augment`` / ``--no-augment``). A switch
+        switches: the names of on/off options (``--eval`` / ``--no-eval``). A switch
             takes ``true`` or ``false`` only; anything else (``null``, ``1``, ``"yes"``) raises
             here, where the option can still be named (argparse would only say "unrecognized
             arguments").
@@ -218,7 +218,7 @@ def to_argv(values: dict, switches: Iterable[str] = ()) -> list[str]:
         f = flag(name)
         if name in switches and not isinstance(v, bool):
             shown = "null" if v is None else repr(v)
-            raise SweepError(f"{name}: an on/off option; expected true or false; got {shown}")
+            raise SweepError(f"{f}: an on/off option; expected true or false; got {shown}")
         if v is None:
             argv += [f, ""]
             continue

@@ -67,7 +67,7 @@ def test_out_templates_and_argv_tokens():
          "--lr", "1e-05"]
     assert sweep.to_argv({"eval": False}, switches={"eval"}) == ["--no-eval"]
     for bad, shown in ((None, "null"), ("no", "'no'"), (0, "0")):
-        with pytest.raises(sweep.SweepError, match=f"eval: an on/off option; expected true or "
+        with pytest.raises(sweep.SweepError, match=f"--eval: an on/off option; expected true or "
                                                    f"false; got {shown}"):
             sweep.to_argv({"eval": bad}, switches={"eval"})
 
@@ -140,9 +140,9 @@ grid:
     ("method: kip\nout: X\nipc: null\n",
      "--ipc: expected an integer >= 1 and <= 100000; got nothing"),
     ("method: kip\nout: X\nlearn_labels: null\n",
-     "learn_labels: an on/off option; expected true or false; got null"),
+     "--learn-labels: an on/off option; expected true or false; got null"),
     ("method: kip\nout: X\ngrid: {eval: [true, 1]}\n",
-     "entry 1: eval: an on/off option; expected true or false; got 1"),
+     "entry 1: --eval: an on/off option; expected true or false; got 1"),
 ])
 def test_bad_config_files_are_refused_before_any_work(tmp_path, capsys, monkeypatch, text, msg):
     import jdd.cli as cli
