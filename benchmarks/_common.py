@@ -106,6 +106,21 @@ def write_result(path: str, name: str, quick: bool, settings: dict, results: dic
     return payload
 
 
+def earlier_results(path: str, settings: dict, quick: bool) -> dict:
+    """The ``results`` mapping of the JSON at ``path`` when an earlier invocation wrote it with
+    the same ``settings`` and ``quick``: what a sweep that adds entries by separate invocations
+    keeps. ``{}`` when there is no readable file or the settings differ."""
+    import json
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if old.get("settings") != settings or old.get("quick") != bool(quick):
+        return {}
+    return dict(old.get("results", {}))
+
+
 def earlier_rows(path: str, rows: list, key: Callable[[dict], tuple]) -> list:
     """The rows of the JSON at ``path`` (an earlier run of the benchmark) whose ``key`` none of
     ``rows`` has: what a benchmark that reruns some rows keeps. ``[]`` when there is no readable

@@ -26,14 +26,14 @@ separate runs.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_args, pm, positive, table, write_result  # noqa: E402
+from _common import (earlier_results, parse_args, pm, positive, table,  # noqa: E402
+                     write_result)
 
 HEAD = ["N,M,start,lr_img", "iterations", "val % (learned lr)", "val % (lr 0.01)",
         "learned syn_lr", "loss", "CPU s"]
@@ -119,16 +119,8 @@ def main(argv=None) -> int:
 
 def _write(path: str, quick: bool, settings: dict, results: dict) -> None:
     """Write the JSON, keeping the entries of earlier runs with the same settings."""
-    merged = {}
-    if os.path.exists(path):
-        try:
-            old = json.loads(open(path).read())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("settings") == settings and old.get("quick") == bool(quick):
-            merged = dict(old.get("results", {}))
-    merged.update(results)
-    write_result(path, "mtt_recipe", quick, settings, merged)
+    write_result(path, "mtt_recipe", quick, settings,
+                 {**earlier_results(path, settings, quick), **results})
 
 
 LABELS = ("hard", "soft", "learn")

@@ -25,13 +25,13 @@ recipes can be added by separate invocations.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_args, pm, positive, table, write_result  # noqa: E402
+from _common import (earlier_results, parse_args, pm, positive, table,  # noqa: E402
+                     write_result)
 
 HEAD = ["lr, r_bn, steps", "val % (KD)", "val % (hard labels)", "diversity", "CPU s"]
 
@@ -80,14 +80,8 @@ def main(argv=None) -> int:
                 "teacher_lr": base.teacher_lr, "eval_epochs": epochs, "seeds": seeds,
                 "n_models": n_models,
                 "split": "digits train 75/25 (stratified, key 123), standardised on the 75 %"}
-    results = {"teacher_val_accuracy": teacher_val, "teacher_cpu_s": teacher_cpu}
-    if os.path.exists(args.json):
-        try:
-            old = json.loads(open(args.json).read())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("settings") == settings and old.get("quick") == bool(args.quick):
-            results = {**old.get("results", {}), **results}
+    results = {**earlier_results(args.json, settings, args.quick),
+               "teacher_val_accuracy": teacher_val, "teacher_cpu_s": teacher_cpu}
     rows = []
     for label, learner in (("KD", kd), ("hard", hard)):
         if f"random_{label}" in results:        # an earlier invocation with these settings
@@ -135,23 +129,32 @@ def main(argv=None) -> int:
 
 
 def _recipe(text: str) -> tuple[float, float, int, bool]:
+    """``LR,R_BN,STEPS[,dwa]``, checked against the ranges ``SRe2LConfig`` declares for
+    ``--lr`` and ``--r-bn`` (and ``--steps`` >= 1) before any data is loaded."""
+    from jdd.config import ConfigError, from_dict
+    from jdd.distill.sre2l import SRe2LConfig
     parts = text.split(",")
     try:
         if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "dwa"):
             raise ValueError
-        lr, r_bn, steps = float(parts[0]), float(parts[1]), int(parts[2])
+        steps = int(parts[2])
     except ValueError:
-        raise SystemExit(f"--recipes: expected LR,R_BN,STEPS[,dwa] (e.g. 0.1,0.01,1000); "
+        raise SystemExit(f"--recipes: expected LR,R_BN,STEPS[,dwa] (e.g. 0.05,1,1000); "
                          f"got {text!r}")
-    if not (lr > 0 and r_bn >= 0 and steps >= 1):
-        raise SystemExit(f"--recipes: LR must be > 0, R_BN >= 0 and STEPS >= 1; got {text!r}")
-    return lr, r_bn, steps, len(parts) == 4
+    try:
+        cfg = from_dict(SRe2LConfig, {"lr": parts[0], "r_bn": parts[1]})
+    except ConfigError as e:
+        raise SystemExit(f"--recipes {text}: {e}")
+    if steps < 1:
+        raise SystemExit(f"--recipes {text}: STEPS: expected an integer >= 1")
+    return cfg.lr, cfg.r_bn, steps, len(parts) == 4
 
 
 def _extra(p):
     p.add_argument("--recipes", nargs="+",
-                   default=[f"{lr},{r},1000" for lr in (0.05, 0.1, 0.25)
-                            for r in (0.01, 0.1, 1)] + ["0.1,0.01,500"],
+                   default=["0.25,0.01,1000", "0.25,1,1000", "0.05,0.01,1000", "0.05,0.1,1000",
+                            "0.05,1,1000", "0.05,3,1000", "0.05,10,1000", "0.02,1,1000",
+                            "0.05,1,1000,dwa"],
                    help="LR,R_BN,STEPS[,dwa]: the recover stage's Adam learning rate, "
                         "BatchNorm-statistics weight and iterations, DWA on")
     p.add_argument("--ipc", type=positive, default=10)

@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-from _common import resumable  # noqa: E402
+from _common import earlier_results, resumable, write_result  # noqa: E402
 
 
 def _argv(method):
@@ -43,3 +43,14 @@ def test_resumable_resumes_an_interrupted_run_with_a_checkpoint(tmp_path):
         "--checkpoint-every", "7", "--log-every", "7", "--overwrite"]
     ck.save(State(np.zeros(3, np.float32), np.int32(7)), {}, [])
     assert resumable(_argv("dc"), out, 7) == ["distill", "--resume", out]
+
+
+def test_earlier_results_are_kept_only_under_the_same_settings(tmp_path):
+    path = str(tmp_path / "sweep.json")
+    assert earlier_results(path, {"ipc": 10}, False) == {}          # no file yet
+    write_result(path, "sweep", False, {"ipc": 10}, {"a": 1.5, "b": [2]})
+    assert earlier_results(path, {"ipc": 10}, False) == {"a": 1.5, "b": [2]}
+    assert earlier_results(path, {"ipc": 1}, False) == {}           # other settings
+    assert earlier_results(path, {"ipc": 10}, True) == {}           # a quick run's file
+    (tmp_path / "sweep.json").write_text("{not json")
+    assert earlier_results(path, {"ipc": 10}, False) == {}
