@@ -20,7 +20,8 @@ Usage::
 
 Writes results/continual.json after every row (rows of earlier runs with other keys are kept) and
 results/continual_DATASET_ipcN.png (accuracy against task). With ``--keep DIR`` a row whose run
-folder already holds a result of the same settings is read back instead of run again.
+folder already holds a result of the same settings is read back instead of run again, and a row
+whose run was interrupted continues from its last finished task (``jdd continual --resume``).
 """
 
 from __future__ import annotations
@@ -80,10 +81,19 @@ def _argv(s: dict, out: str) -> list[str]:
 
 
 def _same(cfg_saved: dict, s: dict) -> bool:
-    from jdd.continual import ContinualConfig
-    want = dataclasses.asdict(dataclasses.replace(ContinualConfig(), **s))
-    skip = {"out", "overwrite", "quiet"}
-    return all(cfg_saved.get(k) == v for k, v in want.items() if k not in skip)
+    from jdd.continual import ContinualConfig, saved_options
+    want = saved_options(dataclasses.replace(ContinualConfig(), **s))
+    return all(cfg_saved.get(k) == v for k, v in want.items())
+
+
+def _progress_matches(out: str, s: dict) -> bool:
+    """Whether ``out`` has the saved progress of an interrupted run of these settings."""
+    from jdd.checkpoint import folder_of
+    try:
+        with open(os.path.join(folder_of(out), "identity.json")) as f:
+            return _same(json.load(f).get("options", {}), s)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_row(dataset: str, ipc: int, args, work: str) -> dict:
@@ -98,7 +108,10 @@ def run_row(dataset: str, ipc: int, args, work: str) -> dict:
         reused = _same(saved.get("config", {}), s)
     t0 = time.process_time()
     if not reused:
-        rc = main(_argv(s, out) + ["--overwrite"])
+        argv = _argv(s, out) + ["--overwrite"]
+        if args.keep and _progress_matches(out, s):   # an interrupted run of this row
+            argv = ["continual", "--resume", out, "--quiet"]
+        rc = main(argv)
         if rc != 0:
             raise SystemExit(f"jdd continual failed ({rc}) for {dataset} ipc {ipc}")
         with open(path) as f:
@@ -143,7 +156,8 @@ def _extra(p):
     p.add_argument("--data-dir", default=None, help="dataset folder (MNIST/CIFAR files)")
     p.add_argument("--keep", default=None,
                    help="keep the run folders here; a row whose folder holds a result of the "
-                        "same settings is read back instead of run again")
+                        "same settings is read back instead of run again (an interrupted one "
+                    "continues from its last finished task)")
 
 
 def main(argv=None) -> int:

@@ -1154,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": "the run folder holds only complete files"}.get(
             command, "the output folder is as it was before (a run is written as a whole or not "
                      "at all)")
+        left = getattr(e, "left", left)       # what a command saved, where it knows it
         print(f"jdd {command}: interrupted ({sig}); {left}.", file=sys.stderr, flush=True)
         if getattr(e, "together", False):
             _shutdown_together()

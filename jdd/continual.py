@@ -27,11 +27,22 @@ piece of information about later tasks the learner holds.
 Reported: per memory, the accuracy after every task (mean over ``n_models`` models, then mean
 and std over seeds), the mean over tasks and seeds, and the stored bytes per class
 (:mod:`jdd.storage`); ``continual.png`` plots accuracy against task.
+
+A run saves its progress after every task in a folder beside ``--out``, ``OUT.ckpt/``
+(:func:`jdd.checkpoint.folder_of`): ``identity.json`` (the options and a SHA-256 of the training
+data) and, per seed and memory, the memory so far and the accuracies after its finished tasks
+(``tasks/seed<S>-<memory>.npz``). ``jdd continual --resume OUT`` continues an interrupted run
+from there with the options it was started with; each task's keys depend only on the base seed,
+the seed, the memory and the task, so the result is the one an uninterrupted run writes. The
+folder is removed when the run's results are written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -70,11 +81,16 @@ class ContinualConfig:
                      le=1000)
     seed: int = opt(0, "base random seed", ge=0, le=2**31 - 1)
     out: str | None = opt(None, "output folder (required): continual.json, continual.png")
-    overwrite: bool = opt(False, "replace a result already in --out")
+    overwrite: bool = opt(False, "replace a result already in --out (and discard the saved "
+                          "progress of an interrupted run writing to it)")
+    resume: str | None = opt(None, "continue the interrupted run that was writing to this "
+                             "folder from the progress it saved after each task (in "
+                             "FOLDER.ckpt); its options come from there (only --quiet may be "
+                             "added)")
     quiet: bool = opt(False, "no progress")
 
     def check(self):
-        if not self.out:
+        if not self.out and not self.resume:
             raise ConfigError("--out: expected an output folder; got nothing")
         names = self.memory_list()
         bad = [m for m in names if m not in MEMORIES]
@@ -196,25 +212,79 @@ def memory_builder(kind: str, cfg: ContinualConfig, k: int):
     return build
 
 
-def run_continual(cfg: ContinualConfig, train, test, progress=None) -> dict:
+#: Options that do not change the result: not saved with the progress.
+NOT_SAVED = ("out", "overwrite", "resume", "quiet")
+
+
+def saved_options(cfg: ContinualConfig) -> dict:
+    """The options a run's saved progress belongs to (and ``--resume`` runs again)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SAVED}
+
+
+class ProgressError(ValueError):
+    """Saved progress that cannot be read; the message says which file and what to do."""
+
+
+def _pair_path(folder: str, seed: int, kind: str) -> str:
+    return os.path.join(folder, "tasks", f"seed{seed}-{kind}.npz")
+
+
+def save_pair(folder: str, seed: int, kind: str, x, y, accuracy: list, storage: dict,
+              cpu_seconds: float) -> None:
+    """Save one (seed, memory)'s progress atomically: the memory so far ``x`` (m, ...) with its
+    (global) classes ``y`` (m,), the accuracy after each finished task, the storage per class
+    and the CPU seconds spent on it."""
+    from jdd.artifacts import atomic_write
+    with atomic_write(_pair_path(folder, seed, kind), "wb") as f:
+        np.savez(f, x=np.asarray(x), y=np.asarray(y, np.int64),
+                 accuracy=np.asarray(accuracy, np.float64),
+                 storage=np.asarray(json.dumps(storage)),
+                 cpu_seconds=np.asarray(cpu_seconds, np.float64))
+
+
+def load_pair(folder: str, seed: int, kind: str) -> dict | None:
+    """One (seed, memory)'s saved progress (as :func:`save_pair` wrote it), or None.
+
+    Raises:
+        ProgressError: the file exists but cannot be read.
+    """
+    path = _pair_path(folder, seed, kind)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"x": z["x"], "y": z["y"], "accuracy": z["accuracy"].tolist(),
+                    "storage": json.loads(str(z["storage"])),
+                    "cpu_seconds": float(z["cpu_seconds"])}
+    except (OSError, ValueError, KeyError) as e:
+        raise ProgressError(f"{path}: the saved progress could not be read ({e}); remove "
+                         f"{folder} (or pass --overwrite) to start the run again") from None
+
+
+def run_continual(cfg: ContinualConfig, train, test, progress=None,
+                  saved: str | None = None) -> dict:
     """Run the benchmark for every memory and seed (see the module docstring).
 
     Args:
         cfg: the options.
         train, test: the (preprocessed) datasets.
         progress: ``(message) -> None`` called after each task, or None.
+        saved: a progress folder (``OUT.ckpt``), or None: the finished tasks found there are
+            taken as they are, and each task finished here is saved there.
 
     Returns:
         JSON-ready results: ``tasks`` (classes per task per seed), and per memory
         ``accuracy`` (seeds, tasks), ``mean_per_task``, ``std_per_task``, ``mean``, ``std``
-        (over seeds of the mean over tasks) and ``storage`` (one class's bytes).
+        (over seeds of the mean over tasks) and ``storage`` (one class's bytes); ``restored``
+        (tasks taken from ``saved``) and ``cpu_seconds`` (spent on the memories and their
+        evaluation, by this process and the ones whose progress was restored).
     """
     from jdd.evaluate import evaluate_set, protocol_learner
     from jdd.models import make_model
     from jdd.storage import set_storage
     k = train.num_classes
     learner = protocol_learner(make_model("convnet", k, width=cfg.width), epochs=cfg.eval_epochs)
-    out = {"tasks": [], "memories": {}}
+    out = {"tasks": [], "memories": {}, "restored": 0, "cpu_seconds": 0.0}
     builders: dict = {}
     for s in range(cfg.seeds):
         key = jax.random.fold_in(jax.random.key(cfg.seed), s)
@@ -222,9 +292,23 @@ def run_continual(cfg: ContinualConfig, train, test, progress=None) -> dict:
                            if cfg.class_order == "random" else None)
         out["tasks"].append(split)
         for mi, kind in enumerate(cfg.memory_list()):
-            build = builders.setdefault(kind, memory_builder(kind, cfg, k // cfg.tasks))
-            mem_x, mem_y, accs = [], [], []
+            mem_x, mem_y, accs, cpu = [], [], [], 0.0
+            done = load_pair(saved, s, kind) if saved else None
+            if done is not None:
+                mem_x, mem_y, accs, cpu = [done["x"]], [done["y"]], done["accuracy"], \
+                    done["cpu_seconds"]
+                out["memories"].setdefault(kind, {})["storage_per_class"] = done["storage"]
+                out["restored"] += len(accs)
+                if progress is not None:
+                    progress(f"seed {s} {kind}: tasks 1-{len(accs)} of {len(split)} restored "
+                             f"from {saved}")
             for t, classes in enumerate(split):
+                if t < len(accs):
+                    continue
+                t0 = time.process_time()
+                if kind not in builders:
+                    builders[kind] = memory_builder(kind, cfg, k // cfg.tasks)
+                build = builders[kind]
                 tkey = jax.random.fold_in(jax.random.fold_in(key, 100 + mi), t)
                 task = subset(train, classes, relabel=True)
                 x, c, stored = build(tkey, task)
@@ -244,10 +328,15 @@ def run_continual(cfg: ContinualConfig, train, test, progress=None) -> dict:
                 res = evaluate_set(learner, jax.random.fold_in(tkey, 5), jnp.asarray(X),
                                    jnp.asarray(Y), test_seen, n_models=cfg.n_models)
                 accs.append(float(res.mean))
+                cpu += time.process_time() - t0
+                if saved:
+                    save_pair(saved, s, kind, X, Y, accs,
+                              out["memories"][kind]["storage_per_class"], cpu)
                 if progress is not None:
                     progress(f"seed {s} {kind}: task {t + 1}/{len(split)} classes {classes}: "
                              f"{100 * res.mean:.2f} % on {len(seen)} classes")
             out["memories"].setdefault(kind, {}).setdefault("accuracy", []).append(accs)
+            out["cpu_seconds"] += cpu
     for kind, r in out["memories"].items():
         a = np.asarray(r["accuracy"])                        # (seeds, tasks)
         r["mean_per_task"] = a.mean(0).tolist()
@@ -285,16 +374,50 @@ def add_parser(sub):
     return p
 
 
+def _resumed_config(cfg: ContinualConfig) -> ContinualConfig:
+    """``--resume FOLDER``: the options saved in ``FOLDER.ckpt`` (``--quiet`` kept), writing to
+    ``FOLDER``.
+
+    Raises:
+        ConfigError: other options were given, or nothing (readable) was saved there.
+    """
+    from jdd.checkpoint import CheckpointError, RunCheckpoints, folder_of
+    from jdd.config import fields, flag, from_dict
+    given = [flag(f.name) for f, _, _ in fields(ContinualConfig)
+             if f.name not in ("resume", "quiet") and getattr(cfg, f.name) != f.default]
+    if given:
+        raise ConfigError(f"--resume takes the run's options from its saved progress; expected "
+                          f"only --quiet beside it; got {', '.join(given)}")
+    ck = RunCheckpoints(folder_of(cfg.resume), None)
+    if not ck.exists():
+        raise ConfigError(f"--resume {cfg.resume}: no saved progress at {ck.folder} (jdd "
+                          "continual saves it there after each task until the run ends)")
+    try:
+        saved = ck.read_identity().get("options")
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{ck.folder}/identity.json holds no options; the folder is damaged")
+    try:
+        return from_dict(ContinualConfig, {**saved, "out": cfg.resume, "resume": cfg.resume,
+                                           "overwrite": True, "quiet": cfg.quiet})
+    except ConfigError as e:
+        raise ConfigError(f"{ck.folder}: the saved options are not valid now ({e})") from None
+
+
 def cmd(a) -> int:
     """Run ``jdd continual``; user errors raise ``jdd.cli.CLIError``."""
-    import time
+    from jdd import __version__
     from jdd.artifacts import write_json
+    from jdd.checkpoint import CheckpointError, RunCheckpoints, data_fingerprint, folder_of
     from jdd.cli import CLIError, _load_data, check_output_folder, versions
     from jdd.config import from_namespace
     from jdd.data import SHAPES
     from jdd.rundir import RunFolderError, RunWriter
     try:
         cfg = from_namespace(ContinualConfig, a)
+        if cfg.resume:
+            cfg = _resumed_config(cfg)
         if cfg.dataset in SHAPES:
             task_split(SHAPES[cfg.dataset][1], cfg.tasks)
             h, w, _ = SHAPES[cfg.dataset][0]
@@ -304,6 +427,11 @@ def cmd(a) -> int:
     except (ConfigError, ValueError) as e:
         raise CLIError(str(e)) from None
     check_output_folder(cfg.out)
+    ck = RunCheckpoints(folder_of(cfg.out), None)
+    if not cfg.resume and ck.exists() and not cfg.overwrite:
+        raise CLIError(f"{ck.folder} holds the saved progress of an interrupted run; continue "
+                       f"it with `jdd continual --resume {cfg.out}`, or pass --overwrite to "
+                       "discard it")
     try:
         with RunWriter(cfg.out, overwrite=cfg.overwrite, command="jdd continual") as writer:
             train, test, _ = _load_data(cfg.dataset, cfg.data_dir, cfg.preprocess, 0.1,
@@ -312,15 +440,35 @@ def cmd(a) -> int:
                 task_split(train.num_classes, cfg.tasks)
             except ValueError as e:
                 raise CLIError(str(e)) from None
+            ident = {"jdd": __version__, "options": saved_options(cfg),
+                     "data_sha256": data_fingerprint(train.x, train.y)}
+            if cfg.resume:
+                try:
+                    ck.check_data(ident["data_sha256"])
+                except CheckpointError as e:
+                    raise CLIError(str(e)) from None
+            else:
+                ck.remove()      # under the run folder's lock: --overwrite discards it here
+                ck.start(ident, json.dumps(ident["options"], indent=1) + "\n")
             t0 = time.process_time()
             say = None if cfg.quiet else (lambda m: print(m, flush=True))
-            result = run_continual(cfg, train, test, say)
-            result.update(config=dataclasses.asdict(cfg), cpu_seconds=time.process_time() - t0,
-                          versions=versions())
+            try:
+                result = run_continual(cfg, train, test, say, saved=ck.folder)
+            except ProgressError as e:
+                raise CLIError(str(e)) from None
+            except KeyboardInterrupt as e:
+                e.left = (f"the output folder is as it was before; the tasks finished so far are "
+                          f"saved in {ck.folder}: continue with `jdd continual --resume "
+                          f"{cfg.out}`")
+                raise
+            spent = time.process_time() - t0
+            result.update(config=dataclasses.asdict(cfg), versions=versions(),
+                          cpu_seconds_this_process=spent)
             write_json(writer.path("continual.json"), result)
             plot(writer.path("continual.png"), result,
                  f"{cfg.dataset}: {cfg.tasks} tasks, memory of {cfg.ipc} image(s)/class")
             writer.commit(command="jdd continual", dataset=cfg.dataset)
+        ck.remove()
     except RunFolderError as e:
         raise CLIError(str(e)) from None
     if not cfg.quiet:
@@ -332,5 +480,5 @@ def cmd(a) -> int:
     return 0
 
 
-__all__ = ["ContinualConfig", "MEMORIES", "herding", "memory_builder", "run_continual",
-           "task_split"]
+__all__ = ["ContinualConfig", "MEMORIES", "ProgressError", "herding", "load_pair",
+           "memory_builder", "run_continual", "save_pair", "saved_options", "task_split"]

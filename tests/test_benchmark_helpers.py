@@ -54,3 +54,25 @@ def test_earlier_results_are_kept_only_under_the_same_settings(tmp_path):
     assert earlier_results(path, {"ipc": 10}, True) == {}           # a quick run's file
     (tmp_path / "sweep.json").write_text("{not json")
     assert earlier_results(path, {"ipc": 10}, False) == {}
+
+
+def test_continual_rows_resume_only_their_own_interrupted_run(tmp_path):
+    import dataclasses
+    import json
+    from types import SimpleNamespace
+
+    import continual as bench                      # benchmarks/continual.py
+    from jdd.continual import ContinualConfig, saved_options
+    args = SimpleNamespace(data_dir=None, quick=True)
+    s = bench.settings("digits", 1, args)
+    out = tmp_path / "row"
+    assert not bench._progress_matches(str(out), s)          # nothing saved
+    ck = tmp_path / "row.ckpt"
+    ck.mkdir()
+    opts = saved_options(dataclasses.replace(ContinualConfig(), **s))
+    (ck / "identity.json").write_text(json.dumps({"options": opts}))
+    assert bench._progress_matches(str(out), s)
+    (ck / "identity.json").write_text(json.dumps({"options": {**opts, "dm_steps": 3}}))
+    assert not bench._progress_matches(str(out), s)          # another row's settings
+    (ck / "identity.json").write_text("{damaged")
+    assert not bench._progress_matches(str(out), s)

@@ -91,3 +91,97 @@ def test_bad_continual_options_are_refused_before_loading(argv, msg, tmp_path, c
     assert main(["continual", *argv, "--out", str(tmp_path / "o")]) == 2
     assert msg in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _toy(tmp_path):
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 10)
+    x = rng.normal(size=(40, 8, 8, 1)).astype(np.float32) + y[:, None, None, None]
+    path = tmp_path / "toy.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x[::2], y_test=y[::2])
+    return ["continual", "--dataset", "npz", "--data-dir", str(path), "--tasks", "2",
+            "--ipc", "1", "--width", "8", "--eval-epochs", "2", "--dm-steps", "2",
+            "--seeds", "2", "--n-models", "1", "--memories", "random,dm", "--quiet"]
+
+
+def test_an_interrupted_continual_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
+    import jdd.evaluate
+    from jdd.checkpoint import folder_of
+    argv = _toy(tmp_path)
+    whole = tmp_path / "whole"
+    assert main(argv + ["--out", str(whole)]) == 0
+    assert not (tmp_path / "whole.ckpt").exists()           # removed when the run ends
+    ref = json.loads((whole / "continual.json").read_text())
+    assert ref["restored"] == 0
+
+    # die in the 6th evaluation (seed 1, random, task 2): 5 tasks of 8 are finished and saved
+    real, calls = jdd.evaluate.evaluate_set, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(jdd.evaluate, "evaluate_set", dying)
+    out = tmp_path / "cut"
+    ck = folder_of(str(out))
+    assert main(argv + ["--out", str(out)]) == 130
+    assert (f"interrupted (SIGINT); the output folder is as it was before; the tasks finished so "
+            f"far are saved in {ck}: continue with `jdd continual --resume {out}`"
+            in capsys.readouterr().err)
+    monkeypatch.setattr(jdd.evaluate, "evaluate_set", real)
+    assert not out.exists()
+    assert sorted(p.name for p in (tmp_path / "cut.ckpt" / "tasks").iterdir()) == [
+        "seed0-dm.npz", "seed0-random.npz", "seed1-random.npz"]
+    capsys.readouterr()
+
+    # the same command again is refused: resume or discard
+    assert main(argv + ["--out", str(out)]) == 2
+    assert f"continue it with `jdd continual --resume {out}`" in capsys.readouterr().err
+    # --resume takes its options from the saved progress only
+    assert main(["continual", "--resume", str(out), "--seeds", "3"]) == 2
+    assert "expected only --quiet beside it; got --seeds" in capsys.readouterr().err
+
+    assert main(["continual", "--resume", str(out), "--quiet"]) == 0
+    got = json.loads((out / "continual.json").read_text())
+    assert got["restored"] == 5 and got["config"]["seeds"] == 2
+    for kind in ("random", "dm"):
+        assert got["memories"][kind]["accuracy"] == ref["memories"][kind]["accuracy"]
+        assert got["memories"][kind]["storage_per_class"] == \
+            ref["memories"][kind]["storage_per_class"]
+    assert got["tasks"] == ref["tasks"]
+    assert not (tmp_path / "cut.ckpt").exists()
+    assert main(["continual", "--resume", str(out)]) == 2
+    assert f"no saved progress at {ck}" in capsys.readouterr().err
+
+
+def test_saved_continual_progress_is_checked(tmp_path, monkeypatch, capsys):
+    import jdd.evaluate
+    argv = _toy(tmp_path)
+    out = tmp_path / "cut"
+
+    def dying(*a, **k):
+        raise KeyboardInterrupt
+    real = jdd.evaluate.evaluate_set
+    monkeypatch.setattr(jdd.evaluate, "evaluate_set", dying)
+    assert main(argv + ["--out", str(out)]) == 130
+    monkeypatch.setattr(jdd.evaluate, "evaluate_set", real)
+    ident = tmp_path / "cut.ckpt" / "identity.json"
+    saved = json.loads(ident.read_text())
+    assert saved["options"]["dm_steps"] == 2 and "out" not in saved["options"]
+
+    # other training data: refused, nothing written
+    ident.write_text(json.dumps({**saved, "data_sha256": "0" * 64}))
+    assert main(["continual", "--resume", str(out)]) == 2
+    assert "the checkpoints were made on other training data" in capsys.readouterr().err
+    assert not out.exists()
+    # a damaged task file: refused with its name
+    ident.write_text(json.dumps(saved))
+    (tmp_path / "cut.ckpt" / "tasks").mkdir(exist_ok=True)
+    (tmp_path / "cut.ckpt" / "tasks" / "seed0-random.npz").write_bytes(b"not a zip")
+    assert main(["continual", "--resume", str(out)]) == 2
+    assert "seed0-random.npz: the saved progress could not be read" in capsys.readouterr().err
+    # --overwrite discards the progress and runs from the start
+    assert main(argv + ["--out", str(out), "--overwrite", "--seeds", "1"]) == 0
+    assert json.loads((out / "continual.json").read_text())["restored"] == 0
+    assert not (tmp_path / "cut.ckpt").exists()
