@@ -80,7 +80,8 @@ class ContinualConfig:
     seeds: int = opt(2, "independent repetitions (class order, memories, models)", ge=1,
                      le=1000)
     seed: int = opt(0, "base random seed", ge=0, le=2**31 - 1)
-    out: str | None = opt(None, "output folder (required): continual.json, continual.png")
+    out: str | None = opt(None, "output folder (required unless --resume): continual.json, "
+                          "continual.png")
     overwrite: bool = opt(False, "replace a result already in --out (and discard the saved "
                           "progress of an interrupted run writing to it)")
     resume: str | None = opt(None, "continue the interrupted run that was writing to this "
