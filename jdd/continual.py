@@ -43,6 +43,7 @@ import dataclasses
 import json
 import os
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -257,9 +258,9 @@ def load_pair(folder: str, seed: int, kind: str) -> dict | None:
             return {"x": z["x"], "y": z["y"], "accuracy": z["accuracy"].tolist(),
                     "storage": json.loads(str(z["storage"])),
                     "cpu_seconds": float(z["cpu_seconds"])}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ProgressError(f"{path}: the saved progress could not be read ({e}); remove "
-                         f"{folder} (or pass --overwrite) to start the run again") from None
+                            f"{folder} (or pass --overwrite) to start the run again") from None
 
 
 def run_continual(cfg: ContinualConfig, train, test, progress=None,

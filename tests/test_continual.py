@@ -178,9 +178,13 @@ def test_saved_continual_progress_is_checked(tmp_path, monkeypatch, capsys):
     # a damaged task file: refused with its name
     ident.write_text(json.dumps(saved))
     (tmp_path / "cut.ckpt" / "tasks").mkdir(exist_ok=True)
-    (tmp_path / "cut.ckpt" / "tasks" / "seed0-random.npz").write_bytes(b"not a zip")
-    assert main(["continual", "--resume", str(out)]) == 2
-    assert "seed0-random.npz: the saved progress could not be read" in capsys.readouterr().err
+    damaged = tmp_path / "cut.ckpt" / "tasks" / "seed0-random.npz"
+    np.savez(damaged, x=np.zeros((2, 8, 8, 1)))
+    for data in (b"not a zip", damaged.read_bytes()[:-30], damaged.read_bytes()):  # or no keys
+        damaged.write_bytes(data)
+        assert main(["continual", "--resume", str(out)]) == 2
+        assert "seed0-random.npz: the saved progress could not be read" in \
+            capsys.readouterr().err
     # --overwrite discards the progress and runs from the start
     assert main(argv + ["--out", str(out), "--overwrite", "--seeds", "1"]) == 0
     assert json.loads((out / "continual.json").read_text())["restored"] == 0
