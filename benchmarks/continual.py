@@ -71,9 +71,9 @@ def settings(dataset: str, ipc: int, args) -> dict:
     return s
 
 
-def _argv(s: dict, out: str) -> list[str]:
+def _argv(s: dict, out: str, quiet: bool) -> list[str]:
     from jdd.config import flag
-    argv = ["continual", "--out", out, "--quiet"]
+    argv = ["continual", "--out", out] + (["--quiet"] if quiet else [])
     for k, v in s.items():
         if v is not None:
             argv += [flag(k), str(v)]
@@ -108,9 +108,9 @@ def run_row(dataset: str, ipc: int, args, work: str) -> dict:
         reused = _same(saved.get("config", {}), s)
     t0 = time.process_time()
     if not reused:
-        argv = _argv(s, out) + ["--overwrite"]
+        argv = _argv(s, out, args.quiet) + ["--overwrite"]
         if args.keep and _progress_matches(out, s):   # an interrupted run of this row
-            argv = ["continual", "--resume", out, "--quiet"]
+            argv = ["continual", "--resume", out] + (["--quiet"] if args.quiet else [])
         rc = main(argv)
         if rc != 0:
             raise SystemExit(f"jdd continual failed ({rc}) for {dataset} ipc {ipc}")
@@ -154,6 +154,8 @@ def _extra(p):
     p.add_argument("--ipcs", type=_declared_list("ipc"), default=[1, 10],
                    help="memory budgets (images' storage per class), comma-separated")
     p.add_argument("--data-dir", default=None, help="dataset folder (MNIST/CIFAR files)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no per-task progress from jdd continual (the rows' results still print)")
     p.add_argument("--keep", default=None,
                    help="keep the run folders here; a row whose folder holds a result of the "
                         "same settings is read back instead of run again (an interrupted one "

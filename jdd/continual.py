@@ -330,13 +330,15 @@ def run_continual(cfg: ContinualConfig, train, test, progress=None,
                 res = evaluate_set(learner, jax.random.fold_in(tkey, 5), jnp.asarray(X),
                                    jnp.asarray(Y), test_seen, n_models=cfg.n_models)
                 accs.append(float(res.mean))
-                cpu += time.process_time() - t0
+                task_cpu = time.process_time() - t0
+                cpu += task_cpu
                 if saved:
                     save_pair(saved, s, kind, X, Y, accs,
                               out["memories"][kind]["storage_per_class"], cpu)
                 if progress is not None:
+                    note = f"{task_cpu:.0f} CPU s" + ("; saved" if saved else "")
                     progress(f"seed {s} {kind}: task {t + 1}/{len(split)} classes {classes}: "
-                             f"{100 * res.mean:.2f} % on {len(seen)} classes")
+                             f"{100 * res.mean:.2f} % on {len(seen)} classes ({note})")
             out["memories"].setdefault(kind, {}).setdefault("accuracy", []).append(accs)
             out["cpu_seconds"] += cpu
     for kind, r in out["memories"].items():
