@@ -472,7 +472,7 @@ def cmd(a) -> int:
             plot(writer.path("continual.png"), result,
                  f"{cfg.dataset}: {cfg.tasks} tasks, memory of {cfg.ipc} image(s)/class")
             writer.commit(command="jdd continual", dataset=cfg.dataset)
-        ck.remove()
+            ck.remove()          # the result is in place; still under the folder's lock
     except RunFolderError as e:
         raise CLIError(str(e)) from None
     if not cfg.quiet:
