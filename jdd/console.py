@@ -35,6 +35,26 @@ def _on_signal(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` of the command: an interrupt raised where Python can only report
+    it (a garbage-collector callback such as jaxlib's, a finaliser) is recorded in ``_received``
+    and raised again at the next safe point, so it is not printed as an ignored exception with a
+    traceback; anything else goes to the default hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _received:
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def install() -> None:
+    """Handle SIGTERM like SIGINT (where nobody else set a handler) and keep interrupts that
+    land in callbacks quiet (:func:`_quiet_unraisable`)."""
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, _on_signal)
+    sys.unraisablehook = _quiet_unraisable
+
+
 def raise_if_interrupted() -> None:
     """Raise the interrupt of a signal this command received, if one came (a no-op in a
     process that is not the ``jdd`` command)."""
@@ -53,10 +73,7 @@ def _leave(code: int) -> None:
 
 def main() -> None:
     """Run ``jdd`` (:func:`jdd.cli.main`) with SIGTERM handled like SIGINT."""
-    for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
-                         (signal.SIGINT, signal.default_int_handler)):
-        if signal.getsignal(sig) is default:
-            signal.signal(sig, _on_signal)
+    install()
     from jdd.rundir import signals_deferred
     try:
         with signals_deferred():  # a signal during this import acts right after it

@@ -239,6 +239,39 @@ _POINTS = {"start-up": "POINT start-up", "distill": "unrolled ipc=1", "evaluate"
            "write": "POINT write"}
 
 
+_GC_DRIVER = """
+import gc, os, signal
+from jdd import console
+console.install()
+def callback(phase, info):        # like jaxlib's gc callback: Python can only report its errors
+    if phase == "start" and not console._received:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100000):   # the handler runs here, inside the callback
+            pass
+gc.callbacks.append(callback)
+gc.collect()
+gc.callbacks.remove(callback)
+print("went on", flush=True)
+try:
+    console.raise_if_interrupted()
+except KeyboardInterrupt:
+    print("raised again at the safe point", flush=True)
+
+class Broken:                     # an unrelated ignored error is still reported
+    def __del__(self):
+        raise ValueError("not an interrupt")
+Broken()
+"""
+
+
+def test_an_interrupt_inside_a_gc_callback_is_kept_quiet_and_raised_at_the_next_safe_point():
+    r = subprocess.run([sys.executable, "-c", _GC_DRIVER], capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.splitlines() == ["went on", "raised again at the safe point"]
+    assert "KeyboardInterrupt" not in r.stderr
+    assert "ValueError: not an interrupt" in r.stderr
+
+
 def test_sigint_and_sigterm_at_any_point_exit_cleanly_and_leave_the_folder(tmp_path):
     argv = ["distill", "--method", "unrolled", "--ipc", "1", "--steps", "400", "--log-every",
             "50", "--inner-steps", "5", "--hidden", "8", "--full-data-models", "1",
