@@ -241,6 +241,7 @@ _POINTS = {"start-up": "POINT start-up", "distill": "unrolled ipc=1", "evaluate"
 
 _GC_DRIVER = """
 import gc, os, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
 from jdd import console
 console.install()
 def callback(phase, info):        # like jaxlib's gc callback: Python can only report its errors
