@@ -88,12 +88,14 @@ def _same(cfg_saved: dict, s: dict) -> bool:
 
 def _progress_matches(out: str, s: dict) -> bool:
     """Whether ``out`` has the saved progress of an interrupted run of these settings."""
-    from jdd.checkpoint import folder_of
+    from jdd.checkpoint import CheckpointError, RunCheckpoints, folder_of
+    ck = RunCheckpoints(folder_of(out), None)
     try:
-        with open(os.path.join(folder_of(out), "identity.json")) as f:
-            return _same(json.load(f).get("options", {}), s)
-    except (OSError, ValueError, AttributeError):
+        ident = ck.read_identity() if ck.exists() else None
+    except CheckpointError:
         return False
+    options = ident.get("options") if isinstance(ident, dict) else None
+    return isinstance(options, dict) and _same(options, s)
 
 
 def run_row(dataset: str, ipc: int, args, work: str) -> dict:
@@ -159,7 +161,7 @@ def _extra(p):
     p.add_argument("--keep", default=None,
                    help="keep the run folders here; a row whose folder holds a result of the "
                         "same settings is read back instead of run again (an interrupted one "
-                    "continues from its last finished task)")
+                        "continues from its last finished task)")
 
 
 def main(argv=None) -> int:

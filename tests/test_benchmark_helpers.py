@@ -74,5 +74,6 @@ def test_continual_rows_resume_only_their_own_interrupted_run(tmp_path):
     assert bench._progress_matches(str(out), s)
     (ck / "identity.json").write_text(json.dumps({"options": {**opts, "dm_steps": 3}}))
     assert not bench._progress_matches(str(out), s)          # another row's settings
-    (ck / "identity.json").write_text("{damaged")
-    assert not bench._progress_matches(str(out), s)
+    for damaged in ("{damaged", "[1, 2]", '{"options": 3}'):
+        (ck / "identity.json").write_text(damaged)
+        assert not bench._progress_matches(str(out), s)
