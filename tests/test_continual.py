@@ -78,11 +78,32 @@ def test_continual_run_end_to_end(tmp_path, capsys):
     assert r["memories"]["dc"]["storage_per_class"]["images"] == 2
 
 
+@pytest.mark.parametrize("ipc, given, expected", [
+    (1, None, 0.1), (5, None, 0.1),        # DC's loops: one update per fresh network
+    (6, None, 0.003), (10, None, 0.003),     # several updates, the network trained between
+    (10, 0.2, 0.2), (1, 0.003, 0.003)])
+def test_the_dc_memory_gets_its_learning_rate_by_budget(ipc, given, expected, monkeypatch):
+    import jdd.distill.dc
+    from jdd.continual import ContinualConfig, memory_builder
+    from jdd.distill.dc import default_loops
+    seen = {}
+
+    def spy(model, **kw):
+        seen.update(kw)
+        return None
+    monkeypatch.setattr(jdd.distill.dc, "dc", spy)
+    memory_builder("dc", ContinualConfig(ipc=ipc, dc_lr=given, width=4, out="o"), 2)
+    assert seen["lr"] == expected and seen["init"] == "real" and seen["ipc"] == ipc
+    assert (default_loops(ipc)[0] == 1) == (ipc <= 5)
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--tasks", "3"], "the 10 classes do not split evenly"),
     (["--memories", "random,gold"], "--memories: expected names from"),
     (["--ipc", "1", "--rank", "5"], "expected a rank <= 4"),
     (["--eval-epochs", "0"], "--eval-epochs: expected"),
+    (["--dc-lr", "0"], "--dc-lr: expected"),
+    (["--dc-lr", "nan"], "--dc-lr: expected"),
 ])
 def test_bad_continual_options_are_refused_before_loading(argv, msg, tmp_path, capsys,
                                                           monkeypatch):

@@ -415,7 +415,10 @@ def dc(model: Model, *, ipc: int, optimizer: optax.GradientTransformation | None
         model: the network matched on (ConvNet-D3 in the paper: ``make_model("convnet", k)``).
         ipc: synthetic images per class.
         optimizer: optax optimizer of the images; default ``optax.sgd(lr, momentum=momentum)``.
-        lr: image learning rate (0.1).
+        lr: image learning rate (0.1, DC's, validated at IPC 1 on digits against the official
+            code). From real images at IPC 10 on 8 x 8 digits it is too large: a validation
+            split ends below the starting images after 20 outer iterations, where 0.003-0.03
+            improve them (``benchmarks/dc_recipe.py``; ``jdd continual`` uses 0.003 there).
         momentum: image SGD momentum (0.5).
         outer_loop, inner_loop: None takes :func:`default_loops` of ``ipc``.
         distance, batch_real, lr_net, net_momentum, net_batch: see :func:`gradient_matching`.
