@@ -183,6 +183,19 @@ def standardise(train, test, max_train: int | None = None, seed: int = 0, dtype=
     return tr, te, float(mu), float(sd)
 
 
+def digits_validation_split():
+    """``(fit, val)``: the digits training set split 75 % / 25 % (stratified, fixed key 123),
+    both standardised with the 75 %'s per-channel statistics; the test split is not loaded.
+    Every recipe benchmark (``*_recipe.py``, ``dc_param_init.py``) scores on this ``val``."""
+    import jax
+    from jdd.data import load_dataset, preprocess
+    from jdd.data.dataset import stratified_split
+    train, _ = load_dataset("digits")
+    fit, val = stratified_split(jax.random.key(123), train, 0.25)
+    fit, val, _ = preprocess(fit, val, "standardize")
+    return fit, val
+
+
 def resumable(argv: list[str], out: str, every: int) -> list[str]:
     """A ``jdd distill`` command line for a benchmark row kept in ``out``: it resumes the run
     that an interruption left there (its checkpoint folder holds a checkpoint), else starts it

@@ -22,15 +22,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import parse_args, pm, table, write_result  # noqa: E402
+from _common import digits_validation_split, parse_args, pm, table, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
     args = parse_args("dc_param_init", __doc__.splitlines()[0], extra=_extra, argv=argv)
     import jax
     import numpy as np
-    from jdd.data import load_dataset, preprocess
-    from jdd.data.dataset import stratified_split
     from jdd.distill import distill
     from jdd.distill.dc import dc
     from jdd.evaluate import evaluate_set, protocol_learner
@@ -38,9 +36,7 @@ def main(argv=None) -> int:
 
     iters, seeds, n_models, epochs = ((3, 1, 2, 5) if args.quick else
                                       (args.iterations, args.seeds, 5, 300))
-    train, _ = load_dataset("digits")
-    fit, val = stratified_split(jax.random.key(123), train, 0.25)
-    fit, val, _ = preprocess(fit, val, "standardize")
+    fit, val = digits_validation_split()
     rows, results = [], {}
     for init in ("torch", "flax"):
         model = make_model("convnet", fit.num_classes, param_init=init)

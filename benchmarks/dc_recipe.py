@@ -28,7 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import earlier_results, parse_args, pm, positive, table, write_result  # noqa: E402
+from _common import (digits_validation_split, earlier_results, parse_args, pm,  # noqa: E402
+                     positive, table, write_result)
 
 HEAD = ["image lr", "outer iterations", "validation %", "CPU s (cumulative)"]
 
@@ -50,8 +51,6 @@ def main(argv=None) -> int:
 
     import jax
     import numpy as np
-    from jdd.data import load_dataset, preprocess
-    from jdd.data.dataset import stratified_split
     from jdd.distill import distill
     from jdd.distill.dc import dc, default_loops
     from jdd.evaluate import evaluate_random_subset, evaluate_set, protocol_learner
@@ -62,9 +61,7 @@ def main(argv=None) -> int:
     if args.quick:
         marks, lrs = [0, 1], lrs[:1]
     outer, inner = default_loops(ipc)
-    train, _ = load_dataset("digits")
-    fit, val = stratified_split(jax.random.key(123), train, 0.25)
-    fit, val, _ = preprocess(fit, val, "standardize")
+    fit, val = digits_validation_split()
     net = make_model("convnet", fit.num_classes, width=width)
     learner = protocol_learner(net, epochs=epochs)
     settings = {"ipc": ipc, "init": args.init, "outer_loop": outer, "inner_loop": inner,
@@ -84,17 +81,17 @@ def main(argv=None) -> int:
         t0 = time.process_time()
         state, done, curve = distill(d, key, fit, 0, progress=False).state, 0, []
         for m in marks:
-            run = distill(d, key, fit, (m - done) * outer, log_every=outer, progress=False,
-                          state=state)
-            state, done = run.state, m
-            x = np.asarray(run.synthetic.x)
-            if not np.all(np.isfinite(x)):
-                curve.append({"iterations": m, "val_mean": float("nan"), "val_std": 0.0,
+            try:
+                run = distill(d, key, fit, (m - done) * outer, log_every=outer, progress=False,
+                              state=state)
+            except FloatingPointError:      # distill refuses a NaN/inf loss or set
+                curve.append({"iterations": m, "diverged": True,
                               "cpu_s": time.process_time() - t0})
-                rows.append([f"{lr:g}", m, "diverged", ""])
+                rows.append([f"{lr:g}", m, "diverged (NaN/inf)", ""])
                 print(table(HEAD, rows[-1:]), flush=True)
                 break
-            e = evaluate_set(learner, jax.random.key(7), x,
+            state, done = run.state, m
+            e = evaluate_set(learner, jax.random.key(7), np.asarray(run.synthetic.x),
                              np.argmax(np.asarray(run.synthetic.y), -1), val, n_models)
             curve.append({"iterations": m, "val_mean": float(e.accuracies.mean()),
                           "val_std": float(e.accuracies.std()),

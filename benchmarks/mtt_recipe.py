@@ -32,8 +32,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (earlier_results, parse_args, pm, positive, table,  # noqa: E402
-                     write_result)
+from _common import (digits_validation_split, earlier_results, parse_args, pm,  # noqa: E402
+                     positive, table, write_result)
 
 HEAD = ["N,M,start,lr_img", "iterations", "val % (learned lr)", "val % (lr 0.01)",
         "learned syn_lr", "loss", "CPU s"]
@@ -44,8 +44,6 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     from jdd.augment import default_strategy, dsa
-    from jdd.data import load_dataset, preprocess
-    from jdd.data.dataset import stratified_split
     from jdd.distill import distill
     from jdd.distill.mtt import mtt
     from jdd.evaluate import evaluate_set, protocol_learner
@@ -64,9 +62,7 @@ def main(argv=None) -> int:
         if start - 1 + m > exp_epochs:
             raise SystemExit(f"recipe {n},{m},{start}: needs expert epoch {start - 1 + m}; the "
                              f"experts train {exp_epochs}")
-    train, _ = load_dataset("digits")
-    fit, val = stratified_split(jax.random.key(123), train, 0.25)
-    fit, val, _ = preprocess(fit, val, "standardize")
+    fit, val = digits_validation_split()
     net = make_model("convnet", fit.num_classes, width=width)
     per_image = dsa(default_strategy("digits"), siamese=False)
     lrn = protocol_learner(net, epochs=epochs, augment=per_image)

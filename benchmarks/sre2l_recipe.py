@@ -30,8 +30,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (earlier_results, parse_args, pm, positive, table,  # noqa: E402
-                     write_result)
+from _common import (digits_validation_split, earlier_results, parse_args, pm,  # noqa: E402
+                     positive, table, write_result)
 
 HEAD = ["lr, r_bn, steps", "val % (KD)", "val % (hard labels)", "diversity", "CPU s"]
 
@@ -42,8 +42,6 @@ def main(argv=None) -> int:
     import numpy as np
     from jdd.augment import default_strategy, dsa
     from jdd.bn_models import make_bn_model
-    from jdd.data import load_dataset, preprocess
-    from jdd.data.dataset import stratified_split
     from jdd.distill.sre2l import (SRe2LConfig, diversity, recover, teacher_labels,
                                    train_teacher)
     from jdd.evaluate import evaluate_random_subset, evaluate_set, protocol_learner
@@ -56,9 +54,7 @@ def main(argv=None) -> int:
         (args.ipc, None, base.teacher_epochs, args.eval_epochs, args.seeds, args.n_models))
     if args.quick:
         recipes = [(0.1, 0.01, 5, False), (0.1, 0.01, 5, True)]
-    train, _ = load_dataset("digits")
-    fit, val = stratified_split(jax.random.key(123), train, 0.25)
-    fit, val, _ = preprocess(fit, val, "standardize")
+    fit, val = digits_validation_split()
     k = fit.num_classes
     teacher_model = make_bn_model(base.teacher, k, width=width)
     t0 = time.process_time()

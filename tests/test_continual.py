@@ -80,7 +80,7 @@ def test_continual_run_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("ipc, given, expected", [
     (1, None, 0.1), (5, None, 0.1),        # DC's loops: one update per fresh network
-    (6, None, 0.003), (10, None, 0.003),     # several updates, the network trained between
+    (6, None, 0.003), (10, None, 0.003),   # several updates, the network trained between
     (10, 0.2, 0.2), (1, 0.003, 0.003)])
 def test_the_dc_memory_gets_its_learning_rate_by_budget(ipc, given, expected, monkeypatch):
     import jdd.distill.dc
