@@ -9,7 +9,8 @@ seconds, not wall time, because the machine is shared). The paper's "outer itera
 ``steps_per_iteration`` jdd steps (gradient matching's outer loop), 1 for the others. Beside
 it: the step's float32 arithmetic from XLA's cost analysis of the compiled step, and the floor
 that arithmetic sets at this machine's matrix-product rate (measured in the same run): no
-implementation of the same computation in float32 can go below it on this CPU.
+implementation of the same computation in float32 can go below it on this CPU. The same floor
+at the bfloat16 product rate (float32 accumulation) bounds what lower precision could buy.
 
 Usage::
 
@@ -17,8 +18,11 @@ Usage::
     python benchmarks/matching.py --dataset fashion_mnist --plan fashion   # reduced protocol
     python benchmarks/matching.py --dataset fashion_mnist --plan fashion-gpu   # papers' (GPU)
     python benchmarks/matching.py --quick              # smoke test (minutes)
+    python benchmarks/matching.py --speed-only --only dc:1,dsa:1,dm:1   # the speed columns
 
-Writes results/matching_DATASET.json, a PNG grid of each distilled set and a bar chart.
+Writes results/matching_DATASET.json, a PNG grid of each distilled set and a bar chart;
+``--speed-only`` measures the speed columns alone (no distillation, no evaluation) and writes
+results/matching_speed_DATASET.json.
 """
 
 from __future__ import annotations
@@ -151,21 +155,29 @@ def cpu_seconds_per_iteration(method_name: str, flags: list[str], dataset: str, 
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
     rate = matmul_flops_per_cpu_second()
+    # bfloat16 inputs with float32 accumulation: the fastest product a CPU with AVX-512 BF16
+    # offers XLA, so its floor bounds what lowering the step's precision could buy
+    rate16 = matmul_flops_per_cpu_second(dtype="bfloat16")
     return {"cpu_s_per_step": cpu, "steps_per_iteration": per_it,
             "cpu_s_per_iteration": cpu * per_it, "wall_s_per_iteration": wall * per_it,
             "device": jax.devices()[0].device_kind, "gflop_per_iteration": flops * per_it / 1e9,
             "matmul_gflops_per_cpu_s": rate / 1e9,
             "floor_cpu_s_per_iteration": flops * per_it / rate,
+            "matmul_bf16_gflops_per_cpu_s": rate16 / 1e9,
+            "floor_bf16_cpu_s_per_iteration": flops * per_it / rate16,
             "achieved_gflops_per_cpu_s": flops / cpu / 1e9}
 
 
-def matmul_flops_per_cpu_second(m: int = 16384, k: int = 1152, n: int = 128) -> float:
-    """float32 FLOPs per CPU second of one large ``(m, k) @ (k, n)`` product (a convolution's
-    matrix shape: ConvNet width 128, 3x3 kernels), the best of 5 warm runs."""
+def matmul_flops_per_cpu_second(m: int = 16384, k: int = 1152, n: int = 128,
+                                dtype: str = "float32") -> float:
+    """FLOPs per CPU second of one large ``(m, k) @ (k, n)`` product (a convolution's matrix
+    shape: ConvNet width 128, 3x3 kernels) with ``dtype`` inputs and a float32 result, the best
+    of 5 warm runs."""
     import jax
-    a = jax.random.normal(jax.random.key(0), (m, k))
-    b = jax.random.normal(jax.random.key(1), (k, n))
-    f = jax.jit(lambda a, b: a @ b)
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.key(0), (m, k)).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n)).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
     best = float("inf")
     for _ in range(5):
@@ -195,6 +207,8 @@ def main(argv=None) -> int:
     seeds, n_models = (1, 2) if args.quick else (run["seeds"], run["n_models"])
     train, test = load_dataset(dataset)
     train, test, _ = preprocess(train, test, "standardize")
+    if args.speed_only:
+        return _speed_only(args, plan, train)
     work = args.keep or tempfile.mkdtemp(prefix="jdd-matching-")
     os.makedirs(work, exist_ok=True)
     rows, results = [], []
@@ -281,6 +295,40 @@ def main(argv=None) -> int:
     return 0
 
 
+SPEED_HEAD = ["method", "ipc", "CPU s/it", "GFLOP/it", "achieved GFLOP/CPU s",
+              "f32 GFLOP/CPU s", "floor f32 s/it", "bf16 GFLOP/CPU s", "floor bf16 s/it",
+              "official s/it"]
+
+
+def _speed_only(args, plan, train) -> int:
+    """``--speed-only``: the speed columns of every row of ``plan``, nothing distilled."""
+    rows, out = [], []
+    for name, ipc, flags in plan:
+        if name == "mtt":
+            print("mtt: skipped (its step needs an expert buffer; the full run measures it)")
+            continue
+        sp = cpu_seconds_per_iteration(name, list(flags), args.dataset, ipc, train)
+        off = OFFICIAL_CPU_S.get(name) if ipc == 1 and args.dataset == "digits" else None
+        out.append({"method": name, "ipc": ipc, "flags": list(flags),
+                    "official_cpu_s_per_iteration": off, **sp,
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+        rows.append([name, ipc, f"{sp['cpu_s_per_iteration']:.3f}",
+                     f"{sp['gflop_per_iteration']:.1f}", f"{sp['achieved_gflops_per_cpu_s']:.1f}",
+                     f"{sp['matmul_gflops_per_cpu_s']:.1f}",
+                     f"{sp['floor_cpu_s_per_iteration']:.3f}",
+                     f"{sp['matmul_bf16_gflops_per_cpu_s']:.1f}",
+                     f"{sp['floor_bf16_cpu_s_per_iteration']:.3f}",
+                     "-" if off is None else f"{off:.2f}"])
+        print(table(SPEED_HEAD, rows[-1:]), flush=True)
+        path = os.path.join(RESULTS, f"matching_speed_{_tag(args)}"
+                                     f"{'_quick' if args.quick else ''}.json")
+        write_result(path, "matching_speed", args.quick,
+                     {"dataset": args.dataset, "plan": _plan_name(args)}, {"rows": out})
+    print()
+    print(table(SPEED_HEAD, rows, title="CPU seconds per outer iteration, one seed, warm"))
+    return 0
+
+
 def _plan_name(args) -> str:
     """The plan a run uses: ``--plan``, else the dataset's."""
     return args.plan or ("digits" if args.dataset == "digits" else "fashion")
@@ -321,6 +369,8 @@ def _extra(p):
     p.add_argument("--cross-arch", action="store_true",
                    help="also evaluate every IPC-1 set on the architectures of ARCHS")
     p.add_argument("--dataset", default="digits", choices=("digits", "fashion_mnist"))
+    p.add_argument("--speed-only", action="store_true",
+                   help="measure the speed columns only (writes matching_speed_DATASET.json)")
     p.add_argument("--plan", default=None, choices=tuple(PLANS))
     p.add_argument("--only", default=None,
                    help="comma-separated rows to run: a method (every IPC) or method:ipc, "
