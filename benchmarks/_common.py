@@ -187,10 +187,17 @@ def digits_validation_split():
     """``(fit, val)``: the digits training set split 75 % / 25 % (stratified, fixed key 123),
     both standardised with the 75 %'s per-channel statistics; the test split is not loaded.
     Every recipe benchmark (``*_recipe.py``, ``dc_param_init.py``) scores on this ``val``."""
+    return validation_split("digits")
+
+
+def validation_split(dataset: str, data_dir: str | None = None):
+    """``(fit, val)``: the training set of ``dataset`` split 75 % / 25 % (stratified, fixed key
+    123), both standardised with the 75 %'s per-channel statistics; the test split is never
+    used for a recipe (it is loaded only because the loaders return both)."""
     import jax
     from jdd.data import load_dataset, preprocess
     from jdd.data.dataset import stratified_split
-    train, _ = load_dataset("digits")
+    train, _ = load_dataset(dataset, data_dir)
     fit, val = stratified_split(jax.random.key(123), train, 0.25)
     fit, val, _ = preprocess(fit, val, "standardize")
     return fit, val
