@@ -4,9 +4,10 @@ training set, never on test: the evidence behind ``jdd distill --method sre2l``'
 
 Protocol: digits train split 75 % / 25 % (stratified, fixed key 123), standardised on the 75 %.
 One teacher squeezed on the 75 % exactly as the method squeezes it (ConvNet-BN, the method's
-``--teacher-epochs`` and ``--teacher-lr``, DSA); for each recipe ``LR,R_BN,STEPS[,dwa]`` and
-each of ``--seeds`` seeds, ``ipc`` batches of one image per class are recovered (the method's
-:func:`jdd.distill.sre2l.recover`, its crop augmentation, Adam (0.5, 0.9), cosine); each set is
+``--teacher-epochs`` and ``--teacher-lr``, DSA); for each recipe
+``LR,R_BN,STEPS[,dwa|dwa-own][,real]`` and each of ``--seeds`` seeds, ``ipc`` batches of one
+image per class are recovered (the method's :func:`jdd.distill.sre2l.recover`, its crop
+augmentation, Adam (0.5, 0.9), cosine); each set is
 scored by ``--n-models`` students of the method's evaluation protocol (ConvNet-D3, SGD 0.01,
 lr x0.1 at half, DSA, ``--eval-epochs``) trained by knowledge distillation from the teacher
 (the method's default) and, beside it, on the hard labels, tested on the 25 %. The random
@@ -16,6 +17,7 @@ Usage::
 
     python benchmarks/sre2l_recipe.py                     # the sweep quoted in the README
     python benchmarks/sre2l_recipe.py --recipes 0.1,0.01,500 0.25,1,1000,dwa
+    python benchmarks/sre2l_recipe.py --recipes 0.05,1,1000,real 0.05,1,1000,dwa-own,real
     python benchmarks/sre2l_recipe.py --quick             # smoke test
 
 Writes results/sre2l_recipe.json after every recipe; entries of earlier invocations with the same
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
         (2, 16, 2, 5, 1, 1) if args.quick else
         (args.ipc, None, base.teacher_epochs, args.eval_epochs, args.seeds, args.n_models))
     if args.quick:
-        recipes = [(0.1, 0.01, 5, False), (0.1, 0.01, 5, True)]
+        recipes = [(0.1, 0.01, 5, None, "noise"), (0.1, 0.01, 5, "dwa-own", "real")]
     fit, val = digits_validation_split()
     k = fit.num_classes
     teacher_model = make_bn_model(base.teacher, k, width=width)
@@ -91,15 +93,15 @@ def main(argv=None) -> int:
                  pm(results["random_hard"]["mean"], results["random_hard"]["std"]), "", ""])
     print(table(HEAD, rows), flush=True)
     classes = np.repeat(np.arange(k), ipc)
-    for lr, r_bn, steps, dwa in recipes:
+    for lr, r_bn, steps, dwa, init in recipes:
         t0 = time.process_time()
 
         @jax.jit
-        def sets(ks, lr=lr, r_bn=r_bn, steps=steps, dwa=dwa):
-            return jax.vmap(lambda kk: recover(teacher_model, teacher, kk, fit, ipc=ipc,
-                                               iterations=steps, lr=lr, r_bn=r_bn,
-                                               augment=crop, dwa=dwa, rho=base.rho,
-                                               dwa_steps=base.dwa_steps))(ks)
+        def sets(ks, lr=lr, r_bn=r_bn, steps=steps, dwa=dwa, init=init):
+            return jax.vmap(lambda kk: recover(
+                teacher_model, teacher, kk, fit, ipc=ipc, iterations=steps, lr=lr, r_bn=r_bn,
+                augment=crop, dwa=dwa is not None, rho=base.rho, dwa_steps=base.dwa_steps,
+                dwa_batch=None if dwa == "dwa-own" else 256, init=init))(ks)
 
         xs = np.asarray(sets(jax.random.split(jax.random.key(0), seeds)))
         cpu = time.process_time() - t0
@@ -108,8 +110,10 @@ def main(argv=None) -> int:
                                       for s in range(seeds)])
                for label, learner in (("KD", kd), ("hard", hard))}
         div = float(np.mean([diversity(teacher_model, teacher, x, classes, k) for x in xs]))
-        name = f"{lr:g},{r_bn:g},{steps}" + (",dwa" if dwa else "")
-        results[name] = {"lr": lr, "r_bn": r_bn, "steps": steps, "dwa": dwa,
+        name = (f"{lr:g},{r_bn:g},{steps}" + (f",{dwa}" if dwa else "")
+                + (",real" if init == "real" else ""))
+        results[name] = {"lr": lr, "r_bn": r_bn, "steps": steps, "dwa": dwa is not None,
+                         "dwa_batch": None if dwa == "dwa-own" else 256, "init": init,
                          "val_mean_kd": float(acc["KD"].mean()),
                          "val_std_kd": float(acc["KD"].std()),
                          "val_mean_hard": float(acc["hard"].mean()),
@@ -124,26 +128,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def _recipe(text: str) -> tuple[float, float, int, bool]:
-    """``LR,R_BN,STEPS[,dwa]``, checked against the ranges ``SRe2LConfig`` declares for
+#: Tokens a recipe may carry after LR,R_BN,STEPS: DWA with a random real batch of 256 (``dwa``)
+#: or with the batch's own real images (``dwa-own``, DWA's official code), and real-image
+#: initialisation (``real``, DWA's official code).
+FLAGS = ("dwa", "dwa-own", "real")
+
+
+def _recipe(text: str) -> tuple[float, float, int, str | None, str]:
+    """``LR,R_BN,STEPS[,dwa|dwa-own][,real]`` -> ``(lr, r_bn, steps, dwa, init)`` with ``dwa``
+    None, ``"dwa"`` or ``"dwa-own"``, checked against the ranges ``SRe2LConfig`` declares for
     ``--lr`` and ``--r-bn`` (and ``--steps`` >= 1) before any data is loaded."""
     from jdd.config import ConfigError, from_dict
     from jdd.distill.sre2l import SRe2LConfig
     parts = text.split(",")
+    tokens = parts[3:]
     try:
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "dwa"):
+        if (len(parts) < 3 or any(t not in FLAGS for t in tokens)
+                or len(set(tokens)) != len(tokens) or {"dwa", "dwa-own"} <= set(tokens)):
             raise ValueError
         steps = int(parts[2])
     except ValueError:
-        raise SystemExit(f"--recipes: expected LR,R_BN,STEPS[,dwa] (e.g. 0.05,1,1000); "
-                         f"got {text!r}")
+        raise SystemExit(f"--recipes: expected LR,R_BN,STEPS[,dwa|dwa-own][,real] (e.g. "
+                         f"0.05,1,1000,dwa-own,real); got {text!r}")
     try:
         cfg = from_dict(SRe2LConfig, {"lr": parts[0], "r_bn": parts[1]})
     except ConfigError as e:
         raise SystemExit(f"--recipes {text}: {e}")
     if steps < 1:
         raise SystemExit(f"--recipes {text}: STEPS: expected an integer >= 1")
-    return cfg.lr, cfg.r_bn, steps, len(parts) == 4
+    dwa = next((t for t in tokens if t.startswith("dwa")), None)
+    return cfg.lr, cfg.r_bn, steps, dwa, "real" if "real" in tokens else "noise"
 
 
 def _extra(p):
@@ -151,8 +165,10 @@ def _extra(p):
                    default=["0.25,0.01,1000", "0.25,1,1000", "0.05,0.01,1000", "0.05,0.1,1000",
                             "0.05,1,1000", "0.05,3,1000", "0.05,10,1000", "0.02,1,1000",
                             "0.05,1,1000,dwa"],
-                   help="LR,R_BN,STEPS[,dwa]: the recover stage's Adam learning rate, "
-                        "BatchNorm-statistics weight and iterations, DWA on")
+                   help="LR,R_BN,STEPS[,dwa|dwa-own][,real]: the recover stage's Adam learning "
+                        "rate, BatchNorm-statistics weight and iterations; DWA on a random real "
+                        "batch (dwa) or on the batch's own real images (dwa-own); real-image "
+                        "initialisation (real)")
     p.add_argument("--ipc", type=positive, default=10)
     p.add_argument("--eval-epochs", type=positive, default=300)
     p.add_argument("--seeds", type=positive, default=2)

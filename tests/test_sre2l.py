@@ -13,8 +13,9 @@ import pytest
 from jdd.bn_models import StatBatchNorm, make_bn_model
 from jdd.cli import main
 from jdd.data import Dataset
-from jdd.distill.sre2l import (bn_matching_loss, diversity, dwa_perturb, recover_batch,
-                               train_teacher)
+from jdd.distill import sre2l
+from jdd.distill.sre2l import (bn_matching_loss, diversity, dwa_perturb, recover,
+                               recover_batch, train_teacher)
 
 
 def test_stat_batchnorm_matches_a_direct_computation():
@@ -115,6 +116,40 @@ def test_recovery_lowers_its_loss_and_diversity_is_the_mean_pairwise_distance(te
     np.testing.assert_allclose(diversity(m, v, xs, cls, 3), want, rtol=1e-6)
 
 
+def test_real_init_starts_every_batch_from_distinct_real_images_of_its_class(teacher):
+    m, v, data = teacher
+    # a vanishing learning rate leaves the images where they started
+    x = np.asarray(recover(m, v, jax.random.key(3), data, ipc=4, iterations=1, lr=1e-12,
+                           r_bn=0.01, init="real"))
+    assert x.shape == (12, 8, 8, 1)
+    real, y = np.asarray(data.x).reshape(len(data.y), -1), np.asarray(data.y)
+    flat = x.reshape(12, -1)
+    hit = [np.flatnonzero(np.all(np.abs(real - r) < 1e-5, axis=1)) for r in flat]
+    assert all(len(h) == 1 for h in hit)                        # each one real image
+    idx = np.array([h[0] for h in hit])
+    np.testing.assert_array_equal(y[idx], np.repeat(np.arange(3), 4))   # of its own class
+    assert len(set(idx.tolist())) == 12                         # distinct across batches
+    noise = np.asarray(recover(m, v, jax.random.key(3), data, ipc=4, iterations=1, lr=1e-12,
+                               r_bn=0.01))
+    assert not np.any(np.all(np.abs(real[None] - noise.reshape(12, 1, -1)) < 1e-5, axis=2))
+
+
+@pytest.mark.parametrize("dwa_batch, rows", [(None, 3), (20, 20)])
+def test_dwa_ascends_on_the_batch_own_images_or_a_random_real_batch(teacher, monkeypatch,
+                                                                    dwa_batch, rows):
+    m, v, data = teacher
+    seen = []
+
+    def spy(model, variables, x, y, *, rho, steps):
+        seen.append((x.shape, y.shape))
+        return dwa_perturb(model, variables, x, y, rho=rho, steps=steps)
+
+    monkeypatch.setattr(sre2l, "dwa_perturb", spy)
+    recover(m, v, jax.random.key(3), data, ipc=2, iterations=2, lr=0.01, r_bn=0.01, dwa=True,
+            dwa_batch=dwa_batch, init="real")
+    assert seen and all(s == ((rows, 8, 8, 1), (rows,)) for s in seen)
+
+
 def test_fit_relabel_replaces_the_targets():
     from jdd.models import make_model
     from jdd.train import TrainConfig, init_and_fit
@@ -146,6 +181,9 @@ def test_cli_sre2l_with_dwa_reports_kd_hard_labels_and_diversity(tmp_path):
     (["--rho", "0"], "--rho: expected"),
     (["--teacher", "vgg"], "--teacher: expected one of"),
     (["--dwa-steps", "0"], "--dwa-steps"),
+    (["--dwa-batch", "0"], "--dwa-batch"),
+    (["--init", "pixels"], "--init: expected one of"),
+    (["--init", "real", "--ipc", "500"], "has only"),
 ])
 def test_bad_sre2l_options(argv, msg, tmp_path, capsys):
     assert main(["distill", "--method", "sre2l", *argv, "--out", str(tmp_path / "o")]) == 2

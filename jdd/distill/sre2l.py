@@ -13,7 +13,10 @@ NeurIPS 2024: directed weight adjustment) as a flag of the recover stage.
    normalised gradient-ascent steps of the cross-entropy on a random real batch, each of size
    ``rho / K`` in the global parameter norm (:func:`dwa_perturb`; ``rho = 0.015, K = 12`` in the
    paper's CIFAR-100 setting), so that different batches see different teachers and come out
-   more diverse; the BatchNorm statistics are not moved.
+   more diverse; the BatchNorm statistics are not moved. The real batch is ``dwa_batch``
+   random real images, or (``dwa_batch=None``) the batch's own real images, one per class: DWA's
+   official code ascends on the images a batch starts from, which are real (``init="real"``;
+   it applies the recover jitter to them first, which jdd does not).
 3. **Relabel**: students learn by knowledge distillation: every augmented minibatch is labelled
    by the teacher's softmax (temperature 1) on the fly
    (:func:`jdd.evaluate.protocol_learner`'s ``relabel``), for the distilled set and both
@@ -27,8 +30,9 @@ recover script's ``lr = 0.25, r_bn = 0.01`` scored 4.7 points lower there (84.50
 other data, validate them again.
 
 Choices left open by the papers, each a parameter: images start as N(0, 1) noise in the
-preprocessed space and are not clipped; the BatchNorm term weighs every layer equally (no extra
-weight on the first); KD at temperature 1.
+preprocessed space (SRe2L; ``init="real"``: real images, as DWA's code) and are not clipped;
+the BatchNorm term weighs every layer equally (no extra weight on the first); KD at
+temperature 1.
 
 The diversity measure of the DWA paper's argument, :func:`diversity`: the mean pairwise distance
 of the teacher's (evaluation-mode) embeddings within a class, averaged over classes.
@@ -138,9 +142,11 @@ def dwa_perturb(model, variables, x, y, *, rho: float, steps: int) -> dict:
 
 
 def recover_batch(model, variables, key, classes, shape, *, iterations: int, lr: float,
-                  r_bn: float, augment=None) -> jax.Array:
-    """Recover one batch: images (len(classes), *shape) from noise (see the module docstring)."""
-    x0 = jax.random.normal(key, (len(classes),) + tuple(shape))
+                  r_bn: float, augment=None, x0: jax.Array | None = None) -> jax.Array:
+    """Recover one batch: images (len(classes), *shape) from ``x0`` (None: N(0, 1) noise; see
+    the module docstring)."""
+    if x0 is None:
+        x0 = jax.random.normal(key, (len(classes),) + tuple(shape))
     tx = optax.adam(optax.cosine_decay_schedule(lr, iterations), b1=0.5, b2=0.9)
 
     def loss(x, t):
@@ -160,24 +166,48 @@ def recover_batch(model, variables, key, classes, shape, *, iterations: int, lr:
 
 def recover(model, variables, key, train, *, ipc: int, iterations: int, lr: float, r_bn: float,
             augment=None, dwa: bool = False, rho: float = 0.015, dwa_steps: int = 12,
-            real_batch: int = 256) -> jax.Array:
+            dwa_batch: int | None = 256, init: str = "noise") -> jax.Array:
     """Recover ``ipc`` batches of one image per class (vmapped over batches), with DWA when
-    ``dwa``; returns class-major images (k * ipc, *shape)."""
+    ``dwa``; returns class-major images (k * ipc, *shape).
+
+    Args:
+        init: ``"noise"`` (SRe2L: N(0, 1) images) or ``"real"`` (DWA's official code: batch
+            ``b`` starts from real images of each class, distinct across batches; every class
+            needs ``ipc`` examples, see :func:`jdd.data.check_ipc`).
+        dwa_batch: the real batch of DWA's ascent: that many random real images, or None for
+            the batch's own real images, one per class (DWA's official code ascends on the
+            batch's initial images; with ``init="noise"`` they are drawn all the same and only
+            the ascent sees them).
+    """
+    if init not in ("noise", "real"):
+        raise ValueError(f"init must be 'noise' or 'real'; got {init!r}.")
     k = train.num_classes
     classes = jnp.arange(k, dtype=jnp.int32)
     shape = train.feature_shape
+    keys = jax.random.split(key, ipc)
+    real = None
+    if init == "real" or (dwa and dwa_batch is None):
+        from jdd.distill.core import init_per_class
+        xr, _ = init_per_class(jax.random.fold_in(key, 2), train, ipc)   # class-major
+        real = jnp.swapaxes(xr.reshape((k, ipc) + tuple(shape)), 0, 1)   # (ipc, k, ...)
 
-    def one(b_key):
+    def one(b_key, b_real):
         v = variables
         if dwa:
-            idx = jax.random.choice(jax.random.fold_in(b_key, 1), train.n,
-                                    (min(real_batch, train.n),), replace=False)
-            v = dwa_perturb(model, variables, train.x[idx], train.y[idx], rho=rho,
-                            steps=dwa_steps)
+            if dwa_batch is None:
+                xb, yb = b_real, classes
+            else:
+                idx = jax.random.choice(jax.random.fold_in(b_key, 1), train.n,
+                                        (min(dwa_batch, train.n),), replace=False)
+                xb, yb = train.x[idx], train.y[idx]
+            v = dwa_perturb(model, variables, xb, yb, rho=rho, steps=dwa_steps)
         return recover_batch(model, v, b_key, classes, shape, iterations=iterations, lr=lr,
-                             r_bn=r_bn, augment=augment)
+                             r_bn=r_bn, augment=augment, x0=b_real if init == "real" else None)
 
-    xs = jax.vmap(one)(jax.random.split(key, ipc))          # (ipc, k, ...)
+    if real is None:
+        xs = jax.vmap(lambda kk: one(kk, None))(keys)       # (ipc, k, ...)
+    else:
+        xs = jax.vmap(one)(keys, real)
     return jnp.swapaxes(xs, 0, 1).reshape((k * ipc,) + tuple(shape))
 
 
@@ -222,6 +252,12 @@ class SRe2LConfig(EvalOptions):
     dwa: bool = opt(False, "DWA: perturb the teacher before each batch (Du et al. 2024)")
     rho: float = opt(0.015, "DWA: total size of the weight perturbation", gt=0, le=100)
     dwa_steps: int = opt(12, "DWA: gradient-ascent steps K", ge=1, le=10000)
+    dwa_batch: int | None = opt(256, "DWA: random real images of each ascent (none: the "
+                                "batch's own real images, one per class, as DWA's official "
+                                "code)", ge=1, le=10**7)
+    init: str = opt("noise", "recover: images start as N(0, 1) noise (SRe2L) or as distinct "
+                    "real images of their class (DWA's official code)",
+                    choices=("noise", "real"))
     kd: bool = opt(True, "evaluate by knowledge distillation from the teacher (the paper's "
                    "protocol); the hard-label evaluation is reported beside it either way")
     eval_epochs: int = opt(300, "evaluation training epochs (lr x0.1 at half)", ge=1,
@@ -255,6 +291,9 @@ def run(cfg: SRe2LConfig, spec: RunSpec, train, keys, progress: bool) -> MethodR
     validate(cfg)
     if len(spec.feature_shape) != 3:
         raise ConfigError(f"--method sre2l needs image data (h, w, c); got {spec.feature_shape}")
+    if cfg.init == "real":
+        from jdd.data.dataset import check_ipc
+        check_ipc(np.asarray(train.y), spec.num_classes, spec.ipc, spec.dataset)
     model = _teacher_model(cfg, spec)
     aug = _augment(cfg, spec)
     t0 = time.perf_counter()
@@ -273,7 +312,8 @@ def run(cfg: SRe2LConfig, spec: RunSpec, train, keys, progress: bool) -> MethodR
         return jax.vmap(lambda k: recover(model, v, k, train, ipc=spec.ipc,
                                           iterations=spec.steps, lr=cfg.lr, r_bn=cfg.r_bn,
                                           augment=aug, dwa=cfg.dwa, rho=cfg.rho,
-                                          dwa_steps=cfg.dwa_steps))(ks)
+                                          dwa_steps=cfg.dwa_steps, dwa_batch=cfg.dwa_batch,
+                                          init=cfg.init))(ks)
 
     x = np.asarray(recover_all(teacher, keys))
     seconds = time.perf_counter() - t0
