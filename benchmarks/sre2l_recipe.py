@@ -164,7 +164,8 @@ def _extra(p):
     p.add_argument("--recipes", nargs="+",
                    default=["0.25,0.01,1000", "0.25,1,1000", "0.05,0.01,1000", "0.05,0.1,1000",
                             "0.05,1,1000", "0.05,3,1000", "0.05,10,1000", "0.02,1,1000",
-                            "0.05,1,1000,dwa"],
+                            "0.05,1,1000,dwa", "0.05,1,1000,dwa-own", "0.05,1,1000,real",
+                            "0.05,1,1000,dwa-own,real", "0.05,1,1000,dwa,real"],
                    help="LR,R_BN,STEPS[,dwa|dwa-own][,real]: the recover stage's Adam learning "
                         "rate, BatchNorm-statistics weight and iterations; DWA on a random real "
                         "batch (dwa) or on the batch's own real images (dwa-own); real-image "

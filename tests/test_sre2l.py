@@ -120,7 +120,7 @@ def test_real_init_starts_every_batch_from_distinct_real_images_of_its_class(tea
     m, v, data = teacher
     # a vanishing learning rate leaves the images where they started
     x = np.asarray(recover(m, v, jax.random.key(3), data, ipc=4, iterations=1, lr=1e-12,
-                           r_bn=0.01, init="real"))
+                           r_bn=0.01))                          # the default: init="real"
     assert x.shape == (12, 8, 8, 1)
     real, y = np.asarray(data.x).reshape(len(data.y), -1), np.asarray(data.y)
     flat = x.reshape(12, -1)
@@ -130,7 +130,7 @@ def test_real_init_starts_every_batch_from_distinct_real_images_of_its_class(tea
     np.testing.assert_array_equal(y[idx], np.repeat(np.arange(3), 4))   # of its own class
     assert len(set(idx.tolist())) == 12                         # distinct across batches
     noise = np.asarray(recover(m, v, jax.random.key(3), data, ipc=4, iterations=1, lr=1e-12,
-                               r_bn=0.01))
+                               r_bn=0.01, init="noise"))
     assert not np.any(np.all(np.abs(real[None] - noise.reshape(12, 1, -1)) < 1e-5, axis=2))
 
 
