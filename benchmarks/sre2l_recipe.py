@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         name = (f"{lr:g},{r_bn:g},{steps}" + (f",{dwa}" if dwa else "")
                 + (",real" if init == "real" else ""))
         results[name] = {"lr": lr, "r_bn": r_bn, "steps": steps, "dwa": dwa is not None,
-                         "dwa_batch": None if dwa == "dwa-own" else 256, "init": init,
+                         "dwa_batch": {"dwa": 256, "dwa-own": "own"}.get(dwa), "init": init,
                          "val_mean_kd": float(acc["KD"].mean()),
                          "val_std_kd": float(acc["KD"].std()),
                          "val_mean_hard": float(acc["hard"].mean()),

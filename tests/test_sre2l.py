@@ -134,6 +134,22 @@ def test_real_init_starts_every_batch_from_distinct_real_images_of_its_class(tea
     assert not np.any(np.all(np.abs(real[None] - noise.reshape(12, 1, -1)) < 1e-5, axis=2))
 
 
+def test_dwa_own_batch_equals_ascending_on_the_batch_starting_images(teacher):
+    m, v, data = teacher
+    key, kw = jax.random.key(5), dict(iterations=3, lr=0.05, r_bn=0.01)
+    start = recover(m, v, key, data, ipc=2, iterations=1, lr=1e-12, r_bn=0.01)   # init images
+    got = np.asarray(recover(m, v, key, data, ipc=2, dwa=True, rho=0.5, dwa_steps=3, **kw))
+    classes = jnp.arange(3)
+    for b, b_key in enumerate(jax.random.split(key, 2)):   # batch b holds image b of each class
+        x0 = start.reshape(3, 2, 8, 8, 1)[:, b]
+        moved = dwa_perturb(m, v, x0, classes, rho=0.5, steps=3)
+        want = recover_batch(m, moved, b_key, classes, (8, 8, 1), x0=x0, **kw)
+        np.testing.assert_allclose(got.reshape(3, 2, 8, 8, 1)[:, b], np.asarray(want),
+                                   rtol=1e-4, atol=1e-5)
+        plain = recover_batch(m, v, b_key, classes, (8, 8, 1), x0=x0, **kw)
+        assert np.max(np.abs(np.asarray(want) - np.asarray(plain))) > 1e-4   # DWA moved it
+
+
 @pytest.mark.parametrize("dwa_batch, rows", [(None, 3), (20, 20)])
 def test_dwa_ascends_on_the_batch_own_images_or_a_random_real_batch(teacher, monkeypatch,
                                                                     dwa_batch, rows):
@@ -184,6 +200,7 @@ def test_cli_sre2l_with_dwa_reports_kd_hard_labels_and_diversity(tmp_path):
     (["--dwa-batch", "0"], "--dwa-batch"),
     (["--init", "pixels"], "--init: expected one of"),
     (["--init", "real", "--ipc", "500"], "has only"),
+    (["--init", "noise", "--dwa", "--ipc", "500"], "has only"),
 ])
 def test_bad_sre2l_options(argv, msg, tmp_path, capsys):
     assert main(["distill", "--method", "sre2l", *argv, "--out", str(tmp_path / "o")]) == 2

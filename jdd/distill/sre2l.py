@@ -294,7 +294,7 @@ def run(cfg: SRe2LConfig, spec: RunSpec, train, keys, progress: bool) -> MethodR
     validate(cfg)
     if len(spec.feature_shape) != 3:
         raise ConfigError(f"--method sre2l needs image data (h, w, c); got {spec.feature_shape}")
-    if cfg.init == "real":
+    if cfg.init == "real" or (cfg.dwa and cfg.dwa_batch is None):   # ipc real images per class
         from jdd.data.dataset import check_ipc
         check_ipc(np.asarray(train.y), spec.num_classes, spec.ipc, spec.dataset)
     model = _teacher_model(cfg, spec)
