@@ -12,6 +12,7 @@ Helpers:
 * :func:`table`: a plain-text table;
 * :func:`write_result`: atomic JSON (``jdd.artifacts.write_json``) with device and versions added;
 * :func:`earlier_rows`: the rows of an earlier run's JSON that a partial rerun keeps.
+* :func:`finished_run`, :func:`resumable`: kept ``jdd distill`` rows read again, or resumed.
 """
 
 from __future__ import annotations
@@ -201,6 +202,35 @@ def validation_split(dataset: str, data_dir: str | None = None):
     fit, val = stratified_split(jax.random.key(123), train, 0.25)
     fit, val, _ = preprocess(fit, val, "standardize")
     return fit, val
+
+
+RUN_CONTROL = ("out", "overwrite", "quiet", "log_every", "checkpoint_every")
+
+
+def finished_run(argv: list[str], out: str) -> bool:
+    """Whether ``out`` holds a finished ``jdd distill`` run of the command line ``argv``: its
+    ``metrics.json`` is there, its ``config.yaml`` (the run's resolved options) equals what
+    ``argv`` resolves to in every option but where the run was written and how it logged
+    (``RUN_CONTROL``), and no interrupted run waits in its checkpoint folder. A kept row that
+    passes is read again instead of run again."""
+    import json
+    from jdd import sweep
+    from jdd.checkpoint import RunCheckpoints, folder_of
+    from jdd.cli import CLIError, parse_distill, resolved_config
+    try:
+        method, run_cfg, cfg = parse_distill(argv[1:])
+        saved = sweep.read(os.path.join(out, "config.yaml"))
+        with open(os.path.join(out, "metrics.json")) as f:
+            json.load(f)
+    except (OSError, ValueError, CLIError):
+        return False
+    if not isinstance(saved, dict):
+        return False
+    if RunCheckpoints(folder_of(out), None).latest_step() is not None:
+        return False
+    want = json.loads(json.dumps(resolved_config(method, run_cfg, cfg)))
+    saved = json.loads(json.dumps(saved))
+    return all(k in saved and saved[k] == v for k, v in want.items() if k not in RUN_CONTROL)
 
 
 def resumable(argv: list[str], out: str, every: int) -> list[str]:

@@ -25,7 +25,9 @@ Usage::
     python benchmarks/addons.py --part low-rank --only dc:1 --variants rank2,rank4
 
 Writes results/addons.json after every row (rows of earlier runs with other keys are kept).
-With ``--keep DIR`` each run writes checkpoints; started again, an interrupted row resumes.
+With ``--keep DIR`` each run writes checkpoints; started again, an interrupted row resumes, and
+a row whose kept run finished with the same options is read again (``"reused": true``, with the
+CPU seconds of the run that made it when this JSON has them).
 On Fashion-MNIST the CPU plan uses the matching benchmark's reduced protocol (``FASHION_CPU``).
 """
 
@@ -40,8 +42,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (earlier_rows, nonnegative, parse_args, positive,  # noqa: E402
-                     resumable, table, write_result)
+from _common import (earlier_rows, finished_run, nonnegative, parse_args,  # noqa: E402
+                     positive, resumable, table, write_result)
 
 #: (dataset, method, ipc) -> extra flags per plan ("cpu": shortened; "full": defaults). SRe2L's
 #: recover stage is cheap beside its evaluation, so it runs its defaults on either plan.
@@ -114,7 +116,7 @@ def _short(variant: str) -> str:
     return {"sre2l+dwa": "dwa"}.get(variant, "mim4dd" if variant.startswith("+mim4dd") else variant)
 
 
-def run_row(row: dict, args, work: str, experts: dict) -> dict:
+def run_row(row: dict, args, work: str, experts: dict, earlier: list) -> dict:
     name = f"{row['part']}-{row['dataset']}-{row['method']}{row['ipc']}-{row['variant']}"
     out = os.path.join(work, name.replace(" ", "_"))
     flags = list(row["flags"])
@@ -138,11 +140,20 @@ def run_row(row: dict, args, work: str, experts: dict) -> dict:
     argv = ["distill", "--method", row["method"], "--dataset", row["dataset"], "--ipc",
             str(row["ipc"]), "--seeds", str(args.seeds), "--n-models", str(args.n_models),
             "--full-data-models", "1", "--out", out, "--quiet"] + flags
-    _jdd(resumable(argv, out, args.checkpoint_every) if args.keep else argv + ["--overwrite"])
+    reused = bool(args.keep) and finished_run(argv, out)
+    if reused:
+        print(f"reusing the finished run {out}", flush=True)
+    else:
+        _jdd(resumable(argv, out, args.checkpoint_every) if args.keep else argv + ["--overwrite"])
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
+    cpu = time.process_time() - t0
+    if reused:     # the CPU time of the run that made it, where this benchmark's JSON has it
+        same = [r for r in earlier if r.get("run_id") == m["run_id"] or (
+            "run_id" not in r and _key(r) == _key(row) and r["result"] == m["result"])]
+        cpu = same[0].get("cpu_seconds") if same else None
     res = {**row, "flags": flags, "seeds": args.seeds, "n_models": args.n_models,
-           "cpu_seconds": time.process_time() - t0,
+           "run_id": m["run_id"], "reused": reused, "cpu_seconds": cpu,
            "result": m["result"], "random_subset": m["baselines"]["random_subset"],
            "full_data": m["baselines"]["full_data"], "images_per_class": m["images_per_class"],
            "storage": m["storage"], "resumed_from_step": m.get("resumed_from_step")}
@@ -151,6 +162,15 @@ def run_row(row: dict, args, work: str, experts: dict) -> dict:
     if "sre2l" in m:
         res["diversity"] = m["sre2l"]["diversity"]
     return res
+
+
+def _rows_of(path: str) -> list:
+    """The rows an earlier invocation wrote to ``path`` (none if it holds no readable JSON)."""
+    try:
+        with open(path) as f:
+            return list(json.load(f)["results"]["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _key(r: dict) -> tuple:
@@ -189,8 +209,10 @@ def _extra(p):
     p.add_argument("--variants", type=_variants, default=None,
                    help="rows of these variants only, comma-separated: " + ", ".join(VARIANTS))
     p.add_argument("--keep", default=None,
-                   help="keep the run folders here; runs then write checkpoints, and a row whose "
-                        "run was interrupted resumes from its last checkpoint when started again")
+                   help="keep the run folders here; runs then write checkpoints, a row whose "
+                        "run was interrupted resumes from its last checkpoint when started "
+                        "again, and a row whose run finished with the same options is read "
+                        "again, not run again")
     p.add_argument("--checkpoint-every", type=positive, default=10,
                    help="with --keep: steps between checkpoints (and between logged entries)")
 
@@ -207,9 +229,10 @@ def main(argv=None) -> int:
     path = args.json
     if args.quick and path.endswith("addons.json"):
         path = path[:-len(".json")] + "_quick.json"
+    earlier = [] if args.quick else _rows_of(path)
     rows = []
     for row in todo:
-        rows.append(run_row(row, args, work, experts))
+        rows.append(run_row(row, args, work, experts, earlier))
         r = rows[-1]
         print(f"{r['part']} {r['dataset']} {r['method']} ipc {r['ipc']} {r['variant']}: "
               f"{100 * r['result']['test_accuracy_mean']:.2f} %", flush=True)

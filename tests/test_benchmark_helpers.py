@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-from _common import earlier_results, resumable, write_result  # noqa: E402
+from _common import earlier_results, finished_run, resumable, write_result  # noqa: E402
 
 
 def _argv(method):
@@ -43,6 +43,50 @@ def test_resumable_resumes_an_interrupted_run_with_a_checkpoint(tmp_path):
         "--checkpoint-every", "7", "--log-every", "7", "--overwrite"]
     ck.save(State(np.zeros(3, np.float32), np.int32(7)), {}, [])
     assert resumable(_argv("dc"), out, 7) == ["distill", "--resume", out]
+
+
+def test_finished_run_is_reused_only_with_the_same_options(tmp_path):
+    import json
+    from typing import NamedTuple
+
+    import numpy as np
+
+    from jdd import sweep
+    from jdd.checkpoint import RunCheckpoints, folder_of
+    from jdd.cli import parse_distill, resolved_config
+
+    out = str(tmp_path / "run")
+    argv = _argv("dc") + ["--seeds", "2", "--out", out, "--quiet"]
+    assert not finished_run(argv, out)                       # nothing there yet
+    method, run_cfg, cfg = parse_distill(argv[1:])
+    os.makedirs(out)
+    # what a finished run leaves: its resolved options (the default steps filled in) and metrics
+    (tmp_path / "run" / "config.yaml").write_text(
+        sweep.dump(resolved_config(method, run_cfg, cfg), "header"))
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"method": "dc"}))
+    assert finished_run(argv, out)
+    # how it was written and logged does not matter; every option that shapes the result does
+    assert finished_run(argv[:-1] + ["--log-every", "5", "--checkpoint-every", "5"], out)
+    steps = resolved_config(method, run_cfg, cfg)["steps"]
+    assert finished_run(argv + ["--steps", str(steps)], out)    # the default, given explicitly
+    assert not finished_run(argv + ["--steps", str(steps + 1)], out)
+    assert not finished_run(_argv("dc") + ["--out", out], out)    # 1 seed
+    assert not finished_run(argv + ["--lr", "2"], out)
+    assert not finished_run(["distill", "--method", "dm"] + argv[3:], out)     # another method
+    assert not finished_run(argv + ["--no-such-option"], out)
+
+    class State(NamedTuple):
+        x: np.ndarray
+        step: np.ndarray
+
+    ck = RunCheckpoints(folder_of(out), 7)                   # a newer run, interrupted there
+    ck.start({"options": {}}, "method: dc\n")
+    ck.save(State(np.zeros(3, np.float32), np.int32(7)), {}, [])
+    assert not finished_run(argv, out)
+    ck.remove()
+    assert finished_run(argv, out)
+    (tmp_path / "run" / "metrics.json").unlink()             # a run that died before its end
+    assert not finished_run(argv, out)
 
 
 def test_earlier_results_are_kept_only_under_the_same_settings(tmp_path):
